@@ -1,0 +1,263 @@
+"""The real optimizer's update direction u, so that its next step is ``theta <- theta - lr * u``.
+
+The look-ahead ``theta_hat = theta - alpha * u`` and the hypergradient ``h = -<v, u>`` both need u. It is
+computed from the gradients and the optimizer state without changing either, with multi-tensor
+(``torch._foreach_*``) operations over buckets of parameters that share hyperparameters, writing
+only into caller-provided buffers (views of one flat tensor), so no parameter-sized temporary is made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Union
+
+import torch
+from torch import Tensor
+
+__all__ = ["Direction", "make_direction"]
+
+Scalars = Union[list[float], list[Tensor]]
+
+
+def _scalar(x: Any) -> float:
+    return float(x.item()) if isinstance(x, Tensor) else float(x)
+
+
+def _combine_(out: list[Tensor], terms: Sequence[tuple[float, list[Tensor]]]) -> None:
+    """``out <- sum_k c_k * T_k`` in place; terms with a zero coefficient are skipped."""
+    terms = [(c, t) for c, t in terms if c != 0.0]
+    if not terms:
+        torch._foreach_zero_(out)
+        return
+    c0, t0 = terms[0]
+    torch._foreach_copy_(out, t0)
+    if c0 != 1.0:
+        torch._foreach_mul_(out, c0)
+    for c, t in terms[1:]:
+        torch._foreach_add_(out, t, alpha=c)
+
+
+class Direction:
+    """Base class: computes u for the parameters ``params`` (one flat order, all layer groups)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> None:
+        self.optimizer = optimizer
+        self.params = list(params)
+        group_of = {id(p): j for j, g in enumerate(optimizer.param_groups) for p in g["params"]}
+        self.group_index = [group_of[id(p)] for p in self.params]
+
+    def _buckets(self) -> dict[tuple, list[int]]:
+        """Indices of parameters with a gradient, keyed by what their formula depends on."""
+        buckets: dict[tuple, list[int]] = {}
+        for i, p in enumerate(self.params):
+            if p.grad is not None:
+                buckets.setdefault(self._key(i), []).append(i)
+        return buckets
+
+    def _key(self, i: int) -> tuple:
+        return ()
+
+    def write_(self, out: list[Tensor], scratch: list[Tensor]) -> None:
+        """``out <- u``; ``scratch`` may be overwritten. Parameters without a gradient get ``u = 0``."""
+        self._zero_gradless(out)
+        for key, idx in self._buckets().items():
+            self._write_bucket(key, idx, [out[i] for i in idx], [scratch[i] for i in idx])
+
+    def product_(self, v: list[Tensor], scratch: list[Tensor]) -> None:
+        """``scratch <- v * u`` element-wise; ``v`` may be overwritten."""
+        self._zero_gradless(scratch)
+        for key, idx in self._buckets().items():
+            self._product_bucket(key, idx, [v[i] for i in idx], [scratch[i] for i in idx])
+
+    def _zero_gradless(self, out: list[Tensor]) -> None:
+        gradless = [out[i] for i, p in enumerate(self.params) if p.grad is None]
+        if gradless:
+            torch._foreach_zero_(gradless)
+
+    def _write_bucket(self, key: tuple, idx: list[int], out: list[Tensor], scratch: list[Tensor]) -> None:
+        raise NotImplementedError
+
+    def _product_bucket(self, key: tuple, idx: list[int], v: list[Tensor], scratch: list[Tensor]) -> None:
+        raise NotImplementedError
+
+    def _grads(self, idx: list[int]) -> list[Tensor]:
+        return [self.params[i].grad for i in idx]  # type: ignore[misc]
+
+    def _params(self, idx: list[int]) -> list[Tensor]:
+        return [self.params[i] for i in idx]
+
+
+class GradientDirection(Direction):
+    """``lookahead="sgd"``: u is the raw gradient."""
+
+    def _write_bucket(self, key, idx, out, scratch):
+        torch._foreach_copy_(out, self._grads(idx))
+
+    def _product_bucket(self, key, idx, v, scratch):
+        torch._foreach_copy_(scratch, self._grads(idx))
+        torch._foreach_mul_(scratch, v)
+
+
+class SGDDirection(Direction):
+    """``torch.optim.SGD``: weight decay, momentum (with dampening), Nesterov, maximize.
+
+    With g' = +-g + wd*theta and buffer b, the step direction is a linear combination
+    ``u = c_g*g + c_p*theta + c_b*b``, so it is formed in place without any temporary.
+    """
+
+    def _key(self, i):
+        group = self.optimizer.param_groups[self.group_index[i]]
+        has_buf = self.optimizer.state.get(self.params[i], {}).get("momentum_buffer") is not None
+        return (
+            _scalar(group["weight_decay"]),
+            _scalar(group["momentum"]),
+            _scalar(group["dampening"]),
+            bool(group["nesterov"]),
+            bool(group.get("maximize", False)),
+            has_buf,
+        )
+
+    def _terms(self, key, idx) -> list[tuple[float, list[Tensor]]]:
+        wd, mu, damp, nesterov, maximize, has_buf = key
+        sign = -1.0 if maximize else 1.0
+        if mu == 0.0:
+            c, c_b = 1.0, 0.0
+        elif not has_buf:  # torch's first momentum step copies g' into the buffer, without dampening
+            c, c_b = (1.0 + mu) if nesterov else 1.0, 0.0
+        elif nesterov:  # u = g' + mu * (mu * b + (1 - damp) * g')
+            c, c_b = 1.0 + mu * (1.0 - damp), mu * mu
+        else:  # u = mu * b + (1 - damp) * g'
+            c, c_b = 1.0 - damp, mu
+        terms = [(c * sign, self._grads(idx)), (c * wd, self._params(idx))]
+        if c_b:
+            terms.append((c_b, [self.optimizer.state[self.params[i]]["momentum_buffer"] for i in idx]))
+        return terms
+
+    def _write_bucket(self, key, idx, out, scratch):
+        _combine_(out, self._terms(key, idx))
+
+    def _product_bucket(self, key, idx, v, scratch):
+        _combine_(scratch, self._terms(key, idx))
+        torch._foreach_mul_(scratch, v)
+
+
+class AdamDirection(Direction):
+    """``torch.optim.Adam`` / ``AdamW``: u = m_new / (bc1 * D) (+ wd * theta if decoupled).
+
+    ``m_new = b1*m + (1-b1)*g'`` and ``D = sqrt(v_new)/sqrt(bc2) + eps`` with ``v_new = b2*v + (1-b2)*g'^2``
+    (``max`` with the running maximum under amsgrad), ``bc_k = 1 - b_k**t`` for the coming step t.
+    """
+
+    def __init__(self, optimizer, params, decoupled: bool | None = None):
+        super().__init__(optimizer, params)
+        self.decoupled = decoupled
+
+    def _key(self, i):
+        group = self.optimizer.param_groups[self.group_index[i]]
+        decoupled = self.decoupled if self.decoupled is not None else bool(group.get("decoupled_weight_decay", False))
+        beta1, beta2 = (_scalar(b) for b in group["betas"])
+        has_state = "step" in self.optimizer.state.get(self.params[i], {})
+        return (
+            beta1,
+            beta2,
+            _scalar(group["eps"]),
+            _scalar(group["weight_decay"]),
+            decoupled,
+            bool(group.get("amsgrad", False)),
+            bool(group.get("maximize", False)),
+            has_state,
+        )
+
+    def _bias_corrections(self, key, idx) -> tuple[Scalars, Scalars]:
+        beta1, beta2, *_, has_state = key
+        if not has_state:
+            return [1.0 - beta1] * len(idx), [(1.0 - beta2) ** 0.5] * len(idx)
+        steps = [self.optimizer.state[self.params[i]]["step"] for i in idx]
+        if all(s.device.type == "cpu" for s in steps):  # the default: host-side counters, no device sync
+            t = [float(s) + 1.0 for s in steps]
+            return [1.0 - beta1**n for n in t], [(1.0 - beta2**n) ** 0.5 for n in t]
+        # capturable/fused Adam keep the step on the device: stay there
+        t = torch._foreach_add(steps, 1.0)
+        bc1 = torch._foreach_neg(torch._foreach_pow(beta1, t))
+        torch._foreach_add_(bc1, 1.0)
+        bc2 = torch._foreach_neg(torch._foreach_pow(beta2, t))
+        torch._foreach_add_(bc2, 1.0)
+        torch._foreach_sqrt_(bc2)
+        return bc1, bc2
+
+    def _g_terms(self, key, idx) -> list[tuple[float, list[Tensor]]]:
+        """g' = +-g (+ wd*theta for L2 weight decay)."""
+        *_, wd, decoupled, _amsgrad, maximize, _has_state = key
+        return [(-1.0 if maximize else 1.0, self._grads(idx)), (0.0 if decoupled else wd, self._params(idx))]
+
+    def _denominator_(self, key, idx, out: list[Tensor], bc2_sqrt: Scalars) -> None:
+        """``out <- D`` (without bc1)."""
+        _beta1, beta2, eps, _wd, _decoupled, amsgrad, _maximize, has_state = key
+        state = self.optimizer.state
+        if has_state:
+            torch._foreach_copy_(out, [state[self.params[i]]["exp_avg_sq"] for i in idx])
+            torch._foreach_mul_(out, beta2)
+        else:
+            torch._foreach_zero_(out)
+        # (1 - b2) * g'^2, with g'^2 expanded so that g' is never materialised
+        (cg, g), (cp, p) = self._g_terms(key, idx)
+        torch._foreach_addcmul_(out, g, g, value=(1.0 - beta2) * cg * cg)
+        if cp:
+            torch._foreach_addcmul_(out, g, p, value=2.0 * (1.0 - beta2) * cg * cp)
+            torch._foreach_addcmul_(out, p, p, value=(1.0 - beta2) * cp * cp)
+        if amsgrad and has_state:
+            torch._foreach_maximum_(out, [state[self.params[i]]["max_exp_avg_sq"] for i in idx])
+        torch._foreach_sqrt_(out)
+        torch._foreach_div_(out, bc2_sqrt)
+        torch._foreach_add_(out, eps)
+
+    def _m_new_terms(self, key, idx) -> list[tuple[float, list[Tensor]]]:
+        beta1, *_, has_state = key
+        terms = [(c * (1.0 - beta1), t) for c, t in self._g_terms(key, idx)]
+        if has_state:
+            terms.append((beta1, [self.optimizer.state[self.params[i]]["exp_avg"] for i in idx]))
+        return terms
+
+    def _write_bucket(self, key, idx, out, scratch):
+        wd, decoupled = key[3], key[4]
+        bc1, bc2_sqrt = self._bias_corrections(key, idx)
+        self._denominator_(key, idx, scratch, bc2_sqrt)
+        _combine_(out, self._m_new_terms(key, idx))
+        torch._foreach_div_(out, scratch)
+        torch._foreach_div_(out, bc1)
+        if decoupled and wd:  # AdamW: theta <- theta*(1 - lr*wd) - lr*adam  ==  theta - lr*(wd*theta + adam)
+            torch._foreach_add_(out, self._params(idx), alpha=wd)
+
+    def _product_bucket(self, key, idx, v, scratch):
+        wd, decoupled = key[3], key[4]
+        bc1, bc2_sqrt = self._bias_corrections(key, idx)
+        # u = (m_new + wd*bc1*D*theta) / (bc1*D): divide v by the denominator first, then rebuild the numerator
+        self._denominator_(key, idx, scratch, bc2_sqrt)
+        torch._foreach_mul_(scratch, bc1)
+        torch._foreach_div_(v, scratch)
+        if decoupled and wd:
+            torch._foreach_mul_(scratch, self._params(idx))
+            torch._foreach_mul_(scratch, wd)
+            for c, t in self._m_new_terms(key, idx):
+                torch._foreach_add_(scratch, t, alpha=c)
+        else:
+            _combine_(scratch, self._m_new_terms(key, idx))
+        torch._foreach_mul_(scratch, v)
+
+
+def make_direction(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], lookahead: str) -> Direction:
+    """The direction rule for ``lookahead`` ("optimizer" or "sgd") and this optimizer."""
+    if lookahead == "sgd":
+        return GradientDirection(optimizer, params)
+    if lookahead != "optimizer":
+        raise ValueError(f"unknown lookahead {lookahead!r}; use 'optimizer' or 'sgd'")
+    if isinstance(optimizer, torch.optim.AdamW):
+        return AdamDirection(optimizer, params, decoupled=True)
+    if isinstance(optimizer, torch.optim.Adam):
+        return AdamDirection(optimizer, params)
+    if isinstance(optimizer, torch.optim.SGD):
+        return SGDDirection(optimizer, params)
+    raise ValueError(
+        f"lookahead='optimizer' supports SGD, Adam and AdamW, not {type(optimizer).__name__}; "
+        "use lookahead='sgd' to look ahead along the raw gradient"
+    )

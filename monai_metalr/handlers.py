@@ -1,0 +1,220 @@
+"""MetaLRHandler: attach MetaLR to a MONAI ``SupervisedTrainer`` (or any engine firing ``BACKWARD_COMPLETED``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from monai.engines.utils import IterationEvents
+from monai.utils import min_version, optional_import
+
+from .analysis.lr_curves import plot_lr_curves, write_lr_csv
+from .meta import MetaLR
+
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+
+__all__ = ["MetaLRHandler"]
+
+
+class MetaLRHandler:
+    """Learn per-layer learning rates during training with MetaLR.
+
+    The :class:`~monai_metalr.MetaLR` object is built when the engine starts (``handler.meta``).
+
+    At ``IterationEvents.BACKWARD_COMPLETED`` (after the trainer's backward, before its optimizer step) it
+    runs :meth:`MetaLR.step` with the engine's network, optimizer, loss function, ``prepare_batch`` and
+    device, and writes the new LRs into the optimizer. It honours the trainer's ``amp`` (GradScaler
+    ``unscale_``, meta forward under autocast, inf/NaN steps skipped), ``accumulation_steps`` (meta step
+    only on the micro-batch that steps), ``optim_set_to_none`` and ``compile``.
+
+    After each iteration the LRs are on ``engine.state``: ``engine.state.metalr_lr`` (dict group -> LR)
+    and one float attribute per group, ``<state_prefix><group>``; :attr:`state_attributes` lists them
+    for ``StatsHandler`` / ``TensorBoardStatsHandler`` / ``MLFlowHandler(state_attributes=...)``.
+    With ``output_dir`` the LR history is written as ``metalr_lr.csv`` and ``metalr_lr.png`` at the end
+    of every epoch (atomically); with ``summary_writer`` or ``log_dir`` every meta step is logged to
+    TensorBoard as ``metalr/lr/<group>`` and ``metalr/hypergrad/<group>``.
+
+    Args:
+        meta_loader: held-out batches (a validation split); cycled across epochs.
+        loss_function: meta loss; default the engine's ``loss_function``.
+        output_dir: folder for the LR CSV and plot; ``None`` writes nothing.
+        summary_writer: a TensorBoard ``SummaryWriter`` to log to.
+        log_dir: create a ``SummaryWriter`` here if ``summary_writer`` is not given.
+        state_prefix: prefix of the per-group attributes put on ``engine.state``.
+        epoch_level_files: write CSV/PNG at every epoch end (else only when training completes).
+        metalr_kwargs: passed to :class:`~monai_metalr.MetaLR` (``hyper_lr``, ``update``, ``lr_bounds``,
+            ``interval``, ``lookahead``, ``fixed_groups``, ``fixed_epochs``, ``seed``).
+
+    Example (bundle config)::
+
+        "metalr": {"_target_": "monai_metalr.MetaLRHandler", "meta_loader": "@val#dataloader",
+                   "hyper_lr": 0.01, "output_dir": "@output_dir"}
+    """
+
+    def __init__(
+        self,
+        meta_loader: Iterable,
+        loss_function: Callable | None = None,
+        output_dir: str | os.PathLike | None = None,
+        summary_writer: Any | None = None,
+        log_dir: str | os.PathLike | None = None,
+        state_prefix: str = "metalr_lr_",
+        epoch_level_files: bool = True,
+        **metalr_kwargs: Any,
+    ) -> None:
+        for reserved in ("model", "optimizer", "prepare_batch", "scaler", "autocast_kwargs"):
+            if reserved in metalr_kwargs:
+                raise ValueError(f"MetaLRHandler takes {reserved!r} from the engine; do not pass it")
+        self.meta_loader = meta_loader
+        self.loss_function = loss_function
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.summary_writer = summary_writer
+        self.log_dir = log_dir
+        self.state_prefix = state_prefix
+        self.epoch_level_files = epoch_level_files
+        self.metalr_kwargs = metalr_kwargs
+        self.meta: MetaLR | None = None
+        self._pending_state: Mapping | None = None
+        self._logged_rows = 0
+        self.logger = logging.getLogger("monai_metalr.MetaLRHandler")
+
+    @property
+    def state_attributes(self) -> list[str]:
+        """Names of the per-group LR attributes on ``engine.state`` (available after :meth:`attach`)."""
+        return [f"{self.state_prefix}{g}" for g in (self.meta.group_names if self.meta else [])]
+
+    def attach(self, engine: Engine) -> None:
+        """Register the event handlers; :class:`MetaLR` is built from the engine at ``Events.STARTED``.
+
+        (MONAI workflows attach ``train_handlers`` before they set ``network`` and ``optimizer``.)
+
+        Raises:
+            ValueError: the engine fires no ``BACKWARD_COMPLETED`` event, or the meta loader is empty.
+        """
+        if IterationEvents.BACKWARD_COMPLETED not in engine._allowed_events:
+            raise ValueError("MetaLRHandler needs an engine that fires IterationEvents.BACKWARD_COMPLETED")
+        if hasattr(self.meta_loader, "__len__") and len(self.meta_loader) == 0:  # type: ignore[arg-type]
+            raise ValueError("MetaLRHandler: meta_loader is empty; MetaLR needs held-out batches")
+        engine.add_event_handler(Events.STARTED, self._build)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._backward_completed)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._put_on_state)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+
+    def _build(self, engine: Engine) -> None:
+        """Create the :class:`MetaLR` from the engine's network, optimizer, loss and batch preparation."""
+        if self.meta is not None:  # a second run() of the same engine keeps the learned state
+            return
+        for attr in ("network", "optimizer"):
+            if getattr(engine, attr, None) is None:
+                raise ValueError(f"MetaLRHandler needs a trainer with .{attr} (e.g. monai.engines.SupervisedTrainer)")
+        loss_function = self.loss_function or getattr(engine, "loss_function", None)
+        if loss_function is None:
+            raise ValueError("MetaLRHandler: pass loss_function=, the engine has none")
+        amp = bool(getattr(engine, "amp", False)) and getattr(engine, "scaler", None) is not None
+
+        def prepare_batch(batch: Any, device: Any) -> tuple:
+            return engine.prepare_batch(batch, device, engine.non_blocking, **engine.to_kwargs)
+
+        self.meta = MetaLR(
+            engine.network,
+            engine.optimizer,
+            self.meta_loader,
+            loss_function,
+            prepare_batch=prepare_batch,
+            scaler=engine.scaler if amp else None,
+            autocast_kwargs={"device_type": "cuda", **(engine.amp_kwargs or {})} if amp else None,
+            **self.metalr_kwargs,
+        )
+        if self._pending_state is not None:
+            self.meta.load_state_dict(self._pending_state)
+            self._pending_state = None
+
+    # -------------------------------------------------------------- events
+    def _epoch_started(self, engine: Engine) -> None:
+        self.meta.set_epoch(engine.state.epoch - 1)  # type: ignore[union-attr]
+
+    def _backward_completed(self, engine: Engine) -> None:
+        if self._should_step(engine):
+            self.meta.step()  # type: ignore[union-attr]
+
+    @staticmethod
+    def _should_step(engine: Engine) -> bool:
+        """Mirror SupervisedTrainer: with gradient accumulation only the last micro-batch steps."""
+        acc = int(getattr(engine, "accumulation_steps", 1) or 1)
+        if acc == 1:
+            return True
+        epoch_length = engine.state.epoch_length
+        if epoch_length is not None:
+            local = (engine.state.iteration - 1) % epoch_length
+            return (local + 1) % acc == 0 or (local + 1) == epoch_length
+        return engine.state.iteration % acc == 0
+
+    def _put_on_state(self, engine: Engine) -> None:
+        lrs = dict(zip(self.meta.group_names, self.meta.lrs.tolist()))  # type: ignore[union-attr]
+        engine.state.metalr_lr = lrs
+        for name, lr in lrs.items():
+            setattr(engine.state, f"{self.state_prefix}{name}", lr)
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        self._log_tensorboard()
+        if self.epoch_level_files:
+            self.write_outputs()
+        meta = self.meta
+        summary = ", ".join(f"{g}={lr:.3g}" for g, lr in zip(meta.group_names, meta.lrs.tolist()))  # type: ignore
+        self.logger.info(f"Epoch {engine.state.epoch} MetaLR learning rates: {summary}")
+
+    def _completed(self, engine: Engine) -> None:
+        self._log_tensorboard()
+        self.write_outputs()
+
+    # -------------------------------------------------------------- outputs
+    def write_outputs(self) -> dict[str, Path]:
+        """Write ``metalr_lr.csv`` and ``metalr_lr.png`` into ``output_dir`` (if set); returns their paths."""
+        if self.output_dir is None or self.meta is None:
+            return {}
+        history = self.meta.history
+        paths = {"csv": write_lr_csv(history, self.meta.group_names, self.output_dir / "metalr_lr.csv")}
+        if len(history["step"]):
+            paths["png"] = plot_lr_curves(history, self.meta.group_names, self.output_dir / "metalr_lr.png")
+        return paths
+
+    def _log_tensorboard(self) -> None:
+        if self.summary_writer is None and self.log_dir is None:
+            return
+        if self.summary_writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.summary_writer = SummaryWriter(log_dir=str(self.log_dir))
+        history = self.meta.history  # type: ignore[union-attr]
+        for i in range(self._logged_rows, len(history["step"])):
+            step = int(history["step"][i])
+            for j, name in enumerate(self.meta.group_names):  # type: ignore[union-attr]
+                self.summary_writer.add_scalar(f"metalr/lr/{name}", float(history["lr"][i, j]), step)
+                self.summary_writer.add_scalar(f"metalr/hypergrad/{name}", float(history["hypergrad"][i, j]), step)
+            self.summary_writer.add_scalar("metalr/meta_loss", float(history["meta_loss"][i]), step)
+        self._logged_rows = len(history["step"])
+        self.summary_writer.flush()
+
+    # -------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """The MetaLR state, for Ignite ``Checkpoint`` / MONAI ``CheckpointSaver``."""
+        if self.meta is None:
+            raise RuntimeError("MetaLRHandler.state_dict() before attach()")
+        return self.meta.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state; before :meth:`attach` it is kept and applied when attaching."""
+        if self.meta is None:
+            self._pending_state = state
+        else:
+            self.meta.load_state_dict(state)
+        self._logged_rows = len(state["history"]["step"])
