@@ -1,0 +1,34 @@
+"""Shared small models and data for the tests (float64 where a numerical claim is checked)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class SmallNet(nn.Module):
+    """Conv + BatchNorm + Linear: has running-stat buffers, three layer groups."""
+
+    def __init__(self, in_ch: int = 2, n_classes: int = 3, size: int = 6) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.0))
+        self.head = nn.Linear(4 * size * size, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.stem(x)).flatten(1))
+
+
+def make_batches(n: int, seed: int, dtype=torch.float64, batch: int = 6, size: int = 6):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(batch, 2, size, size, generator=g, dtype=dtype), torch.randint(0, 3, (batch,), generator=g))
+        for _ in range(n)
+    ]
+
+
+@pytest.fixture
+def net64() -> SmallNet:
+    torch.manual_seed(0)
+    return SmallNet().double()
