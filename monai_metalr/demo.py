@@ -67,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--n_train", type=int, default=192)
     parser.add_argument("--n_val", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hyper_lr", type=float, default=3e-4)
     args = parser.parse_args(argv)
 
     from ignite.metrics import Accuracy
@@ -96,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     optimizer = torch.optim.Adam(param_groups(net, 1e-3, head_lr=1e-2), weight_decay=1e-4)
     loss = nn.CrossEntropyLoss()
-    metalr = MetaLRHandler(val_loader, output_dir=out, hyper_lr=1e-4, lr_bounds=(1e-6, 1e-2))
+    metalr = MetaLRHandler(val_loader, output_dir=out, hyper_lr=args.hyper_lr, lr_bounds=(1e-6, 1e-2))
 
     def acc_transform(output):
         from monai.engines.utils import CommonKeys as Keys

@@ -178,6 +178,8 @@ def _check_explicit(params: Mapping[str, nn.Parameter], spec: Mapping[str, Seque
     for group, names in spec.items():
         if isinstance(names, str):
             raise ValueError(f"layer_groups: group {group!r} must list parameter names, got the string {names!r}")
+        if not names:
+            raise ValueError(f"layer_groups: group {group!r} is empty")
         for n in names:
             n = _strip_wrapper_prefix(n)
             if n not in params:

@@ -34,7 +34,7 @@ class MetaLRHandler:
     ``unscale_``, meta forward under autocast, inf/NaN steps skipped), ``accumulation_steps`` (meta step
     only on the micro-batch that steps), ``optim_set_to_none`` and ``compile``.
 
-    After each iteration the LRs are on ``engine.state``: ``engine.state.metalr_lr`` (dict group -> LR)
+    At the end of every epoch (every iteration on CPU) the LRs are on ``engine.state``: ``engine.state.metalr_lr`` (dict group -> LR)
     and one float attribute per group, ``<state_prefix><group>``; :attr:`state_attributes` lists them
     for ``StatsHandler`` / ``TensorBoardStatsHandler`` / ``MLFlowHandler(state_attributes=...)``.
     With ``output_dir`` the LR history is written as ``metalr_lr.csv`` and ``metalr_lr.png`` at the end
@@ -55,7 +55,7 @@ class MetaLRHandler:
     Example (bundle config)::
 
         "metalr": {"_target_": "monai_metalr.MetaLRHandler", "meta_loader": "@val#dataloader",
-                   "hyper_lr": 0.01, "output_dir": "@output_dir"}
+                   "hyper_lr": 0.0001, "output_dir": "@output_dir"}
     """
 
     def __init__(
@@ -87,7 +87,7 @@ class MetaLRHandler:
 
     @property
     def state_attributes(self) -> list[str]:
-        """Names of the per-group LR attributes on ``engine.state`` (available after :meth:`attach`)."""
+        """Names of the per-group LR attributes on ``engine.state`` (known once the engine has started)."""
         return [f"{self.state_prefix}{g}" for g in (self.meta.group_names if self.meta else [])]
 
     def attach(self, engine: Engine) -> None:
@@ -159,6 +159,10 @@ class MetaLRHandler:
         return engine.state.iteration % acc == 0
 
     def _put_on_state(self, engine: Engine) -> None:
+        epoch_length = engine.state.epoch_length
+        on_device = self.meta.lrs.device.type != "cpu"  # type: ignore[union-attr]
+        if on_device and epoch_length is not None and engine.state.iteration % epoch_length:
+            return  # reading device LRs is a host sync: once per epoch is enough for epoch-level loggers
         lrs = dict(zip(self.meta.group_names, self.meta.lrs.tolist()))  # type: ignore[union-attr]
         engine.state.metalr_lr = lrs
         for name, lr in lrs.items():
@@ -208,11 +212,11 @@ class MetaLRHandler:
     def state_dict(self) -> dict[str, Any]:
         """The MetaLR state, for Ignite ``Checkpoint`` / MONAI ``CheckpointSaver``."""
         if self.meta is None:
-            raise RuntimeError("MetaLRHandler.state_dict() before attach()")
+            raise RuntimeError("MetaLRHandler.state_dict() before the engine started: MetaLR is built at Events.STARTED")
         return self.meta.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state; before :meth:`attach` it is kept and applied when attaching."""
+        """Restore a state; before the engine starts it is kept and applied when MetaLR is built."""
         if self.meta is None:
             self._pending_state = state
         else:

@@ -204,7 +204,7 @@ class MetaLR:
     # ------------------------------------------------------------------ state
     @property
     def lrs(self) -> Tensor:
-        """Current learning rates, one per group (float64, on the parameters' device)."""
+        """Current learning rates, one per group (float64; on the parameters' device from the first meta step)."""
         return self._lrs
 
     @property
@@ -271,7 +271,11 @@ class MetaLR:
         lookahead, meta_grad = self._buffers()
         la_views, mg_views = self._views(lookahead), self._views(meta_grad)
         if self.scaler is not None and getattr(self.scaler, "is_enabled", lambda: True)():
-            self.scaler.unscale_(self.optimizer)
+            try:
+                self.scaler.unscale_(self.optimizer)
+            except RuntimeError as err:  # the caller unscaled already (e.g. to clip gradients): fine
+                if "unscale_() has already been called" not in str(err):
+                    raise
         lrs = self._lrs.to(lookahead.dtype)
         with torch.no_grad():
             self.direction.write_(mg_views, la_views)  # meta_grad <- u (lookahead is scratch here)

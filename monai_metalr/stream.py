@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, RandomSampler
 __all__ = ["MetaBatchStream"]
 
 logger = logging.getLogger(__name__)
+_END = object()
 
 
 class MetaBatchStream:
@@ -68,7 +69,11 @@ class MetaBatchStream:
             if self._iterator is None:
                 self._iterator = self._start_epoch()
                 for _ in range(self.position):  # resuming mid-epoch: replay the same order up to here
-                    next(self._iterator)
+                    if next(self._iterator, _END) is _END:
+                        raise ValueError(
+                            f"meta_loader has fewer than {self.position} batches, the saved stream position; "
+                            "was it resumed with a different validation split?"
+                        )
             try:
                 batch = next(self._iterator)
                 self.position += 1

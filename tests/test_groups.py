@@ -112,6 +112,7 @@ def test_patterns_and_explicit_dicts():
         ({"a": ["fc.weight"]}, "in no group"),
         ({"a": ["fc.nothing"]}, "not a trainable parameter"),
         ("manual", "unknown groups spec"),
+        ({"a": [], "b": ["fc.weight"]}, "is empty"),
     ],
 )
 def test_group_spec_errors(spec, message):
