@@ -120,3 +120,15 @@ def test_handler_errors():
         trainer.run()
     with pytest.raises(ValueError, match="takes 'optimizer' from the engine"):
         MetaLRHandler(_meta_loader(), optimizer=None)
+
+
+def test_compiled_network_in_trainer():
+    torch.manual_seed(0)
+    net = SmallNet()
+    opt = torch.optim.Adam(param_groups(net, 1e-3))
+    handler = MetaLRHandler(_meta_loader(), hyper_lr=1e-3)
+    train = _dicts(make_batches(2, seed=2, dtype=torch.float32))
+    trainer = _trainer(net, opt, train, [handler], epochs=1, compile=True, compile_kwargs={"backend": "eager"})
+    trainer.run()
+    assert handler.meta.module is net and handler.meta.param_names[0] == "stem.0.weight"
+    assert len(handler.meta.history["step"]) == 2

@@ -181,3 +181,27 @@ def test_errors_for_optimizer_layout_and_empty_loader(net64):
         MetaLR(net64, torch.optim.SGD(param_groups(net64, 1e-3)), [], LOSS)
     with pytest.raises(ValueError, match="supports SGD, Adam and AdamW"):
         MetaLR(net64, torch.optim.RMSprop(param_groups(net64, 1e-3)), make_batches(1, 0), LOSS)
+
+
+def test_grad_scaler_unscales_and_skips_inf_steps(net64):
+    """With a GradScaler, h equals the unscaled run's h; an inf gradient is a counted skip."""
+    x, y = make_batches(1, seed=1)[0]
+    results = []
+    for use_scaler in (False, True):
+        torch.manual_seed(0)
+        net = SmallNet().double()
+        opt = torch.optim.Adam(param_groups(net, 1e-3))
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if use_scaler else None
+        meta_lr = MetaLR(net, opt, make_batches(1, seed=2), LOSS, scaler=scaler)
+        loss = LOSS(net(x), y)
+        (scaler.scale(loss) if scaler else loss).backward()
+        results.append(meta_lr.step())
+        if scaler:
+            scaler.step(opt)  # does not unscale a second time
+            scaler.update()
+            opt.zero_grad()
+            (scaler.scale(LOSS(net(x), y))).backward()
+            net.head.weight.grad[0, 0] = math.inf
+            lrs = meta_lr.lrs.clone()
+            assert meta_lr.step() is None and meta_lr.num_skipped == 1 and torch.equal(lrs, meta_lr.lrs)
+    torch.testing.assert_close(results[1], results[0], rtol=1e-10, atol=0)
