@@ -338,7 +338,8 @@ class MetaLR:
         torch.autograd.backward(to_backward, inputs=leaves)
         for leaf in leaves:
             leaf.grad = None
-        return loss.detach(), grad_scale
+        # a tensor subclass (MONAI's MetaTensor from a MONAI pipeline) must not leak into the LR state
+        return loss.detach().as_subclass(torch.Tensor), grad_scale
 
     @staticmethod
     def _all_reduce(h: Tensor, meta_loss: Tensor) -> tuple[Tensor, Tensor]:

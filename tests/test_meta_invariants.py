@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import math
 
 import pytest
@@ -205,3 +206,24 @@ def test_grad_scaler_unscales_and_skips_inf_steps(net64):
             lrs = meta_lr.lrs.clone()
             assert meta_lr.step() is None and meta_lr.num_skipped == 1 and torch.equal(lrs, meta_lr.lrs)
     torch.testing.assert_close(results[1], results[0], rtol=1e-10, atol=0)
+
+
+def test_monai_metatensor_batches_leave_plain_tensor_state():
+    """MONAI pipelines yield MetaTensors; none may leak into the LRs (it would break weights_only checkpoints)."""
+    from monai.data import MetaTensor
+
+    torch.manual_seed(0)
+    net = SmallNet()
+    opt = torch.optim.Adam(param_groups(net, 1e-3))
+    meta = [(MetaTensor(x), MetaTensor(y)) for x, y in make_batches(2, seed=3, dtype=torch.float32)]
+    metalr = MetaLR(net, opt, meta, LOSS, hyper_lr=1e-3)
+    x, y = make_batches(1, seed=4, dtype=torch.float32)[0]
+    LOSS(net(MetaTensor(x)), MetaTensor(y)).backward()
+    metalr.step()
+    assert type(metalr.lrs) is torch.Tensor
+    state = metalr.state_dict()
+    assert all(type(v) is torch.Tensor for v in state["history"].values() if isinstance(v, torch.Tensor))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)
