@@ -1,0 +1,236 @@
+"""Load pre-trained weights by parameter name, with shape checks and a readable report of what was copied."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..groups import unwrap_model
+
+__all__ = ["load_pretrained", "PretrainedReport"]
+
+logger = logging.getLogger("monai_metalr")
+
+# checkpoint dicts that wrap the state dict under one of these keys, in order of preference
+_WRAPPER_KEYS = ("state_dict", "model", "network")
+# prefixes added by DDP/DataParallel and torch.compile when the state dict of a wrapped model was saved
+_KEY_PREFIXES = ("module.", "_orig_mod.")
+# terminal colour codes that torch puts in some error messages
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _shorten(names: list[str], limit: int = 6) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, ... (+{len(names) - limit} more)"
+
+
+@dataclass(repr=False)
+class PretrainedReport:
+    """What :func:`load_pretrained` did, by state dict key (names without wrapper prefixes).
+
+    Attributes:
+        path: the checkpoint file.
+        matched: keys present in the file and the model with the same shape; these were copied.
+        missing: model keys absent from the file (left as they were).
+        unexpected: file keys absent from the model (ignored).
+        shape_mismatch: keys present in both with different shapes (left as they were).
+        shapes: for each ``shape_mismatch`` key, ``(file shape, model shape)``.
+        n_model: number of tensors (parameters and persistent buffers) in the model's state dict.
+    """
+
+    path: str
+    matched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatch: list[str] = field(default_factory=list)
+    shapes: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict, repr=False)
+    n_model: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """True when every model tensor was loaded and every file tensor was used."""
+        return not (self.missing or self.unexpected or self.shape_mismatch)
+
+    def __repr__(self) -> str:
+        return f"PretrainedReport({self.summary()})"
+
+    def summary(self, limit: int = 6) -> str:
+        """One line: counts, then up to ``limit`` names of each kind of problem."""
+        mismatch = [
+            f"{n} (file {self.shapes[n][0]} vs model {self.shapes[n][1]})" if n in self.shapes else n
+            for n in self.shape_mismatch
+        ]
+        return (
+            f"loaded {len(self.matched)}/{self.n_model} tensors from {self.path}; "
+            f"missing: {_shorten(self.missing, limit)}; unexpected: {_shorten(self.unexpected, limit)}; "
+            f"shape mismatch: {_shorten(mismatch, limit)}"
+        )
+
+
+def _is_torchscript(path: Path) -> bool:
+    # torch.jit.save archives hold TorchScript code next to the pickled constants; torch.save files do not
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith("/constants.pkl") for n in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _read_checkpoint(path: Path, map_location: Any) -> Any:
+    if _is_torchscript(path):  # e.g. MONAI's ckpt_export output or a bundle's model.ts
+        try:
+            return torch.jit.load(str(path), map_location=map_location).state_dict()
+        except Exception as e:
+            raise ValueError(f"{path} cannot be read as a TorchScript archive: {_why(path, e)}") from e
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = _ANSI.sub("", str(e))
+        if "weights only" in text.lower() or "WeightsUnpickler" in text:
+            detail = next((ln.strip() for ln in text.splitlines() if "WeightsUnpickler error" in ln), _first_line(e))
+            detail = detail.split(". ")[0].rstrip(".")  # e.g. "...: Unsupported global: GLOBAL mod.Cls was not ..."
+            # never fall back to full unpickling silently: it can run arbitrary code from the file
+            raise ValueError(
+                f"{path} holds Python objects that torch.load(weights_only=True) refuses to unpickle ({detail}). "
+                "If you trust the file, allow-list those classes with torch.serialization.add_safe_globals, or load "
+                "it with torch.load(..., weights_only=False), torch.save only its state dict and load that file."
+            ) from e
+        raise ValueError(f"{path} cannot be read as a PyTorch checkpoint: {_why(path, e)}") from e
+    except Exception as e:  # zip/EOF/pickle errors from truncated, empty or foreign files
+        raise ValueError(f"{path} cannot be read as a PyTorch checkpoint: {_why(path, e)}") from e
+
+
+def _why(path: Path, e: BaseException) -> str:
+    """The loader's error, plus what the first bytes say (its messages alone are cryptic, e.g. ``KeyError: 101``)."""
+    reason = f"{type(e).__name__}: {_first_line(e)}"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:  # pragma: no cover - it existed a moment ago
+        return reason
+    if not head:
+        return "the file is empty (0 bytes)"
+    if head.startswith(b"PK"):
+        return f"zip archive is damaged or incomplete, e.g. a truncated download ({reason})"
+    if head[:1] == b"\x80":
+        return f"pickle stream is damaged or incomplete, e.g. a truncated download ({reason})"
+    return f"not a file written by torch.save (it starts with {head!r}) ({reason})"
+
+
+def _first_line(e: BaseException) -> str:
+    text = _ANSI.sub("", str(e)).strip()
+    return text.splitlines()[0] if text else repr(e)
+
+
+def _unwrap_checkpoint(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors)")
+    # e.g. {"state_dict": ..., "optimizer_state_dict": ..., "epoch": ...}; repeat for nested wrappers
+    while True:
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    tensors: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        name = str(key)
+        stripped = True
+        while stripped:  # any mix, e.g. "module._orig_mod."
+            stripped = False
+            for prefix in _KEY_PREFIXES:
+                if name.startswith(prefix):
+                    name, stripped = name[len(prefix) :], True
+        if name in tensors:
+            raise ValueError(f"{path}: keys {origin[name]!r} and {key!r} both name {name!r} once wrapper prefixes go")
+        tensors[name], origin[name] = value, str(key)
+    if not tensors:
+        keys = _shorten([str(k) for k in obj], 10)
+        raise ValueError(f"{path} contains no tensors (keys: {keys}); is it a checkpoint of model weights?")
+    return tensors
+
+
+def load_pretrained(
+    model: nn.Module,
+    path: str | os.PathLike,
+    strict: bool = False,
+    map_location: Any = "cpu",
+    verbose: bool = True,
+) -> PretrainedReport:
+    """Copy the tensors of a checkpoint file into ``model`` by name, where the shapes agree.
+
+    The file may be a plain state dict or a dict holding it under ``"state_dict"``, ``"model"`` or ``"network"``
+    (tried in that order, repeatedly), as written by Models Genesis, MONAI's ``CheckpointSaver`` or bundles. Other
+    entries (``"epoch"``, ``"optimizer_state_dict"``, ...) are ignored. ``module.`` and ``_orig_mod.`` prefixes
+    (DDP/DataParallel, ``torch.compile``) are removed from the file's keys, and a wrapped ``model`` is seen through.
+    BatchNorm buffers (``running_mean``, ``running_var``, ``num_batches_tracked``) count as tensors like parameters.
+
+    The file is read with ``torch.load(weights_only=True)``, which cannot run code from the file; a TorchScript
+    archive (``torch.jit.save``, MONAI's ``ckpt_export``) is read with ``torch.jit.load`` and its state dict used.
+
+    Args:
+        model: the network to fill in place, possibly wrapped by DDP, DataParallel or ``torch.compile``.
+        path: the checkpoint file.
+        strict: if True, every model tensor must be in the file with the same shape and every file tensor must be
+            used; otherwise matching tensors are loaded and the rest is reported.
+        map_location: passed to ``torch.load``.
+        verbose: print the report's summary and log it (INFO) on the ``"monai_metalr"`` logger.
+
+    Returns:
+        A :class:`PretrainedReport` of matched, missing, unexpected and shape-mismatched keys.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file cannot be read as a PyTorch checkpoint (truncated, empty, not a checkpoint, or holding
+            objects ``weights_only`` refuses), holds no tensors, no tensor matches the model (likely the wrong
+            network), or ``strict`` and anything is missing, unexpected or mismatched. The model is unchanged then.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"pretrained checkpoint {file} does not exist")
+    if file.is_dir():
+        raise ValueError(f"{file} cannot be read as a PyTorch checkpoint: it is a directory")
+    source = _unwrap_checkpoint(_read_checkpoint(file, map_location), file)
+
+    target = unwrap_model(model)
+    own = target.state_dict()
+    report = PretrainedReport(path=str(file), n_model=len(own))
+    for name, tensor in own.items():
+        if name not in source:
+            report.missing.append(name)
+        elif tuple(source[name].shape) != tuple(tensor.shape):
+            report.shape_mismatch.append(name)
+            report.shapes[name] = (list(source[name].shape), list(tensor.shape))
+        else:
+            report.matched.append(name)
+    report.unexpected = [name for name in source if name not in own]
+
+    if not report.matched:
+        raise ValueError(
+            f"nothing in {file} matched {type(target).__name__} by name and shape: likely the wrong network for "
+            f"this checkpoint. File keys: {_shorten(list(source), 4)}; model keys: {_shorten(list(own), 4)}"
+        )
+    if strict and not report.complete:
+        raise ValueError(f"strict loading of {file} into {type(target).__name__} failed: {report.summary()}")
+
+    # load_state_dict copies in place (casting dtype/device) and keeps module hooks in charge of their keys
+    target.load_state_dict({name: source[name] for name in report.matched}, strict=False)
+    if verbose:
+        text = report.summary()
+        print(text)
+        logger.info(text)
+    return report
