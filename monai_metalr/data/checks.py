@@ -1,0 +1,226 @@
+"""Transforms that fail early, naming the file, on broken segmentation data.
+
+- :class:`LoadVolumed`: MONAI's ``LoadImaged`` whose read errors always name the file. MONAI 1.6 passes the
+  reader's exception through unchanged, and for a truncated ``.nii.gz`` that is nibabel's
+  ``EOFError: Compressed file ended before the end-of-stream marker was reached``, with no file name.
+- :class:`CheckSegmentationd`: image/label spatial shape and affine agree, label values are known classes,
+  image voxels are finite.
+
+Note that MONAI's ``Compose`` (``apply_transform``) re-raises any transform error as
+``RuntimeError("applying transform <...>")`` *from* the original error: the messages below then appear in the
+traceback as its cause ("The above exception was the direct cause of ..."), i.e. ``err.__cause__``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, LoadImaged, MapTransform
+from monai.utils import PostFix
+
+__all__ = ["CheckSegmentationd", "LoadVolumed"]
+
+
+def _names(filename: Any) -> str:
+    if isinstance(filename, (str, os.PathLike)):
+        return os.fspath(filename)
+    if isinstance(filename, Sequence):  # LoadImage stacks a list of files into one array
+        return ", ".join(_names(f) for f in filename)
+    return repr(filename)
+
+
+class _NamedErrors:
+    """Call a ``LoadImage`` and re-raise its errors naming the file (``ValueError``; ``FileNotFoundError`` if
+    the file is missing). Everything else (``image_only``, ``register``, ...) is the wrapped loader's."""
+
+    def __init__(self, loader: LoadImage) -> None:
+        self.loader = loader
+
+    def __call__(self, filename: Any, reader: Any = None) -> Any:
+        try:
+            return self.loader(filename, reader)
+        except MemoryError:
+            raise  # not the file's fault
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{_names(filename)}: file not found ({e})") from e
+        except Exception as e:
+            raise ValueError(f"{_names(filename)}: cannot be read as a NIfTI volume: {type(e).__name__}: {e}") from e
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "loader":  # not yet set (unpickling in a DataLoader worker): avoid recursing
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+
+class LoadVolumed(LoadImaged):
+    """``monai.transforms.LoadImaged`` whose errors name the file that could not be read.
+
+    Takes exactly ``LoadImaged``'s arguments and returns the same data. Any exception while reading a key's
+    file (damaged or truncated ``.nii.gz``, empty file, a non-NIfTI file renamed ``.nii.gz``, ...) is re-raised as
+    ``ValueError("<file>: cannot be read as a NIfTI volume: <reason>")``, a missing file as
+    ``FileNotFoundError("<file>: file not found (...)")``, chained to the original exception.
+
+    Example (bundle config)::
+
+        {"_target_": "monai_metalr.data.LoadVolumed", "keys": ["image", "label"], "image_only": true}
+    """
+
+    def __init__(self, keys: KeysCollection, *args: Any, **kwargs: Any) -> None:
+        """
+        Args:
+            keys: keys of the file names to load.
+            args: further positional arguments of ``LoadImaged`` (``reader``, ``dtype``, ...).
+            kwargs: further keyword arguments of ``LoadImaged``.
+        """
+        super().__init__(keys, *args, **kwargs)
+        # wrapping the loader (not overriding __call__) keeps LoadImaged's own logic and tells which key failed
+        self._loader = _NamedErrors(self._loader)  # type: ignore[assignment]
+
+
+def _plain(x: Any) -> torch.Tensor:
+    # a MetaTensor op would track metadata for every temporary: work on a plain view of the same memory
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
+
+
+def _fmt_values(values: torch.Tensor, limit: int = 10) -> str:
+    vals = values.tolist()
+    text = ", ".join(str(int(v)) if float(v).is_integer() else str(v) for v in vals[:limit])
+    return "{" + text + (f", ... ({len(vals) - limit} more)" if len(vals) > limit else "") + "}"
+
+
+class CheckSegmentationd(MapTransform):
+    """Check a loaded image and its segmentation; raise ``ValueError`` naming the file(s) on a problem.
+
+    Place it right after ``LoadImaged`` (or :class:`LoadVolumed`) and ``EnsureChannelFirstd``. The first key is
+    the image, further keys are its segmentations. It checks that
+
+    - the image voxels are all finite (no NaN / inf);
+    - each segmentation has the image's spatial shape (``shape[1:]``) and affine (``torch.allclose`` with
+      ``atol``, from ``MetaTensor.affine`` or the ``<key>_meta_dict["affine"]`` of plain arrays);
+    - each segmentation holds only ``allowed_labels``, e.g. ``"label values {3, 7} outside {0, 1, 2}"``.
+
+    A missing segmentation key is skipped, so the same transform serves inference pipelines (image only:
+    just the finite check). File names come from ``meta["filename_or_obj"]``. The data is returned unchanged.
+    The checks read the tensors in place: the image costs one sum, integer labels one min/max; float labels
+    (``LoadImaged``'s default ``dtype=float32``) need a boolean mask per allowed value, so load labels with
+    ``dtype=None`` (their stored integer type) where that matters.
+
+    Args:
+        keys: image key, then segmentation keys.
+        allowed_labels: the valid segmentation values (default LiTS: background, liver, tumour).
+        atol: absolute tolerance of the affine comparison; ``None`` skips it.
+        meta_key_postfix: where to find the metadata of non-``MetaTensor`` data (``<key>_<postfix>``).
+        allow_missing_keys: don't raise if the image key is missing.
+
+    Raises:
+        ValueError: on a non-finite image voxel, a shape or affine mismatch, or an unexpected label value.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "label"),
+        allowed_labels: Sequence[float] = (0, 1, 2),
+        atol: float | None = 1e-3,
+        meta_key_postfix: str = PostFix.meta(),
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if not self.keys:
+            raise ValueError("CheckSegmentationd needs at least the image key")
+        if not allowed_labels:
+            raise ValueError("allowed_labels must not be empty")
+        self.image_key: Hashable = self.keys[0]
+        self.label_keys: tuple[Hashable, ...] = tuple(self.keys[1:])
+        self.allowed_labels = tuple(sorted(allowed_labels))
+        ints = [int(v) for v in self.allowed_labels if float(v).is_integer()]
+        contiguous = len(ints) == len(self.allowed_labels) and ints == list(range(ints[0], ints[-1] + 1))
+        self._range: tuple[int, int] | None = (ints[0], ints[-1]) if contiguous else None
+        self.atol = atol
+        self.meta_key_postfix = meta_key_postfix
+
+    def _meta(self, data: Mapping[Hashable, Any], key: Hashable) -> Mapping[str, Any]:
+        value = data[key]
+        if isinstance(value, MetaTensor):
+            return value.meta
+        meta = data.get(f"{key}_{self.meta_key_postfix}")
+        return meta if isinstance(meta, Mapping) else {}
+
+    def _name(self, data: Mapping[Hashable, Any], key: Hashable) -> str:
+        filename = self._meta(data, key).get("filename_or_obj")
+        return f"{_names(filename)} ({key!r})" if filename else f"{key!r} (no file name in its metadata)"
+
+    def _affine(self, data: Mapping[Hashable, Any], key: Hashable) -> torch.Tensor | None:
+        value = data[key]
+        affine = value.affine if isinstance(value, MetaTensor) else self._meta(data, key).get("affine")
+        return None if affine is None else torch.as_tensor(affine, dtype=torch.float64, device="cpu")
+
+    def _check_finite(self, data: Mapping[Hashable, Any]) -> None:
+        image = _plain(data[self.image_key])
+        if not (image.is_floating_point() or image.is_complex()):
+            return
+        # any NaN/inf makes the sum non-finite, so a finite sum clears the volume with one reduction and no
+        # temporary; a non-finite sum (also a float overflow of a valid volume) gets the exact per-voxel check
+        if torch.isfinite(image.sum()):
+            return
+        n_nan = int(torch.isnan(image).sum())
+        n_inf = int(torch.isinf(image).sum())
+        if n_nan or n_inf:
+            raise ValueError(
+                f"{self._name(data, self.image_key)}: image has {n_nan} NaN and {n_inf} inf voxels "
+                f"(of {image.numel()})"
+            )
+
+    def _check_label(self, data: Mapping[Hashable, Any], key: Hashable) -> None:
+        image, label = data[self.image_key], data[key]
+        if tuple(image.shape[1:]) != tuple(label.shape[1:]):
+            raise ValueError(
+                f"{self._name(data, key)}: label spatial shape {tuple(label.shape[1:])} does not match image "
+                f"{self._name(data, self.image_key)} spatial shape {tuple(image.shape[1:])}"
+            )
+        if self.atol is not None:
+            a_img, a_lab = self._affine(data, self.image_key), self._affine(data, key)
+            if a_img is not None and a_lab is not None and not (
+                a_img.shape == a_lab.shape and torch.allclose(a_img, a_lab, atol=self.atol)
+            ):
+                raise ValueError(
+                    f"{self._name(data, key)}: label affine does not match image {self._name(data, self.image_key)} "
+                    f"affine (atol {self.atol}):\nimage:\n{a_img.numpy()}\nlabel:\n{a_lab.numpy()}"
+                )
+        values = _plain(label)
+        integer = not (values.is_floating_point() or values.is_complex() or values.dtype == torch.bool)
+        if self._range is not None and integer and values.numel():
+            # integer labels and allowed labels lo..hi: one min/max reduction settles it, no temporaries
+            lo, hi = (int(v) for v in torch.aminmax(values))
+            if self._range[0] <= lo and hi <= self._range[1]:
+                return
+        ok = values == self.allowed_labels[0]
+        for v in self.allowed_labels[1:]:
+            ok |= values == v
+        if not bool(ok.all()):
+            bad = torch.unique(values[~ok])
+            raise ValueError(
+                f"{self._name(data, key)}: label values {_fmt_values(bad)} outside "
+                f"{_fmt_values(torch.tensor(self.allowed_labels))} ({int((~ok).sum())} voxels)"
+            )
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Check ``data``; return it (as a new dict, values untouched).
+
+        Raises:
+            ValueError: see the class docstring.
+        """
+        d = dict(data)
+        if self.image_key not in d:
+            if self.allow_missing_keys:
+                return d
+            raise KeyError(f"CheckSegmentationd: key {self.image_key!r} not in the data ({list(d)})")
+        self._check_finite(d)
+        for key in self.label_keys:
+            if key in d:
+                self._check_label(d, key)
+        return d

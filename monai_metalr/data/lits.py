@@ -1,0 +1,493 @@
+"""Datalists and a repeatable case-level split for liver CT segmentation (LiTS / MSD Task03_Liver).
+
+Two on-disk layouts are detected automatically:
+
+- **MSD Task03_Liver**: ``dataset.json`` at the root (its ``"training"`` list of ``{"image", "label"}``
+  paths relative to the root, its ``"test"`` list of image paths), or, without ``dataset.json``,
+  ``imagesTr/`` + ``labelsTr/`` (+ optional ``imagesTs/``) paired by file name.
+- **LiTS** (the challenge release): ``volume-N.nii[.gz]`` + ``segmentation-N.nii[.gz]`` anywhere below the
+  root (the official archive nests them in ``Training Batch 1`` / ``Training Batch 2``), and unlabelled
+  ``test-volume-N.nii[.gz]``.
+
+Every file found is checked from its NIfTI header only (``nibabel.load`` does not read voxels), so a broken
+download fails here, naming the file, instead of hours into training.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import math
+import os
+import re
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from ..io import atomic_path
+
+__all__ = ["LITS_LABELS", "lits_datalist", "lits_inference_list", "split_cases"]
+
+logger = logging.getLogger(__name__)
+
+#: Label values of the LiTS / MSD Task03_Liver segmentations.
+LITS_LABELS: dict[str, int] = {"background": 0, "liver": 1, "tumour": 2}
+
+_NIFTI = re.compile(r"^(?P<stem>.+?)\.nii(?:\.gz)?$")
+_LITS_VOLUME = re.compile(r"^volume-(?P<n>\d+)\.nii(?:\.gz)?$")
+_LITS_TEST_VOLUME = re.compile(r"^test-volume-(?P<n>\d+)\.nii(?:\.gz)?$")
+_LITS_SEGMENTATION = re.compile(r"^segmentation-(?P<n>\d+)\.nii(?:\.gz)?$")
+
+_LAYOUTS = (
+    "MSD Task03_Liver (dataset.json, or imagesTr/ + labelsTr/ with *.nii[.gz]) and "
+    "LiTS (volume-N.nii[.gz] + segmentation-N.nii[.gz] anywhere below)"
+)
+# the macOS archive utility leaves these beside (or instead of) the real files
+_SKIP_DIRS = {"__MACOSX"}
+_GZIP_CHUNK = 1 << 24
+
+
+def _natural_key(text: str) -> list[Any]:
+    # re.split with a capture group alternates str, digits, str, ... so ints only ever meet ints
+    return [int(tok) if i % 2 else tok.lower() for i, tok in enumerate(re.split(r"(\d+)", text))]
+
+
+def _skipped(name: str) -> bool:
+    """Hidden files and macOS ``._*`` resource forks."""
+    return name.startswith(".")
+
+
+def _nifti_stem(name: str) -> str | None:
+    match = _NIFTI.match(name)
+    return match.group("stem") if match else None
+
+
+def _root(dataset_dir: str | os.PathLike) -> Path:
+    root = Path(dataset_dir).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: dataset_dir does not exist")
+    if not root.is_dir():
+        raise ValueError(f"{root}: dataset_dir is not a folder")
+    return root.absolute()
+
+
+def _no_cases(root: Path, what: str) -> ValueError:
+    hint = ""
+    # a common slip: pointing at the folder that holds Task03_Liver/ rather than at Task03_Liver/ itself
+    nested = sorted(
+        str(sub)
+        for sub in root.iterdir()
+        if sub.is_dir() and ((sub / "dataset.json").is_file() or (sub / "imagesTr").is_dir())
+    )
+    if nested:
+        hint = f"; did you mean {' or '.join(nested)}?"
+    return ValueError(f"{root}: no {what} found; looked for {_LAYOUTS}{hint}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# header checks
+
+
+def _check_gzip_size(path: Path, expected: int) -> None:
+    """Raise if the gzip stream of ``path`` decompresses to fewer than ``expected`` bytes.
+
+    The gzip trailer stores the uncompressed size modulo 2**32, so reading its last 4 bytes settles the usual case
+    without decompressing. A truncated download ends mid-stream and its last 4 bytes are arbitrary; only then (or for
+    a valid multi-member file, whose trailer holds only the last member's size) is the stream decompressed, without
+    keeping the data, to tell the two apart.
+    """
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() >= 18:  # gzip header (10) + trailer (8)
+            f.seek(-4, os.SEEK_END)
+            if int.from_bytes(f.read(4), "little") == expected % 2**32:
+                return
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while total < expected:
+                chunk = stream.read(min(_GZIP_CHUNK, expected - total))
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"{path}: damaged or truncated gzip stream ({type(e).__name__}: {e})") from e
+    if total < expected:
+        raise ValueError(f"{path}: truncated: decompresses to {total} bytes, the NIfTI header needs {expected}")
+
+
+def _read_header(path: Path) -> nib.Nifti1Image:
+    """``nibabel.load`` (header only) with errors that name the file; also detects truncated files."""
+    try:
+        img = nib.load(str(path))
+    except FileNotFoundError as e:  # e.g. a dangling symlink
+        raise FileNotFoundError(f"{path}: file not found ({e})") from e
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read the NIfTI header ({type(e).__name__}: {e})") from e
+    header = img.header
+    shape = tuple(int(s) for s in header.get_data_shape())
+    nbytes = math.prod(shape) * header.get_data_dtype().itemsize
+    offset = int(getattr(img.dataobj, "offset", header.get_data_offset()))
+    expected = offset + nbytes
+    if path.name.endswith(".gz"):
+        _check_gzip_size(path, expected)
+    else:
+        size = path.stat().st_size
+        if size < expected:
+            raise ValueError(
+                f"{path}: truncated: {size} bytes on disk, the header needs {expected} "
+                f"(offset {offset} + shape {shape} x {header.get_data_dtype().itemsize} bytes)"
+            )
+    return img
+
+
+def _check_pair(image: Path, label: Path, affine_atol: float | None) -> None:
+    img, seg = _read_header(image), _read_header(label)
+    if img.shape != seg.shape:
+        raise ValueError(f"{label}: label shape {seg.shape} does not match image {image} shape {img.shape}")
+    if affine_atol is not None and not np.allclose(img.affine, seg.affine, atol=affine_atol):
+        raise ValueError(
+            f"{label}: label affine does not match image {image} affine (atol {affine_atol}):\n"
+            f"image:\n{np.array2string(img.affine, precision=4)}\nlabel:\n{np.array2string(seg.affine, precision=4)}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# layouts
+
+
+def _add(found: dict[str, Path], case_id: str, path: Path, what: str) -> None:
+    if case_id in found:
+        raise ValueError(f"duplicate {what} for case id {case_id!r}: {found[case_id]} and {path}")
+    found[case_id] = path
+
+
+def _folder_niftis(folder: Path) -> dict[str, Path]:
+    """``case id (file stem) -> path`` for the NIfTI files directly in ``folder``."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        stem = _nifti_stem(path.name)
+        if stem is not None and not _skipped(path.name) and not path.is_dir():
+            _add(found, stem, path, "file")
+    return found
+
+
+def _read_dataset_json(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({type(e).__name__}: {e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object with a 'training' list, got {type(meta).__name__}")
+    return meta
+
+
+def _listed(root: Path, json_path: Path, rel: Any, where: str) -> Path:
+    if not isinstance(rel, str) or not rel:
+        raise ValueError(f"{json_path}: {where} is not a file path: {rel!r}")
+    path = root / rel  # MSD paths are "./imagesTr/liver_0.nii.gz", relative to the root
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: listed in {json_path} ({where}) but missing")
+    return Path(os.path.normpath(path))
+
+
+def _msd_json_training(root: Path, json_path: Path, meta: Mapping[str, Any]) -> list[tuple[str, Path, Path]]:
+    training = meta.get("training", [])
+    if not isinstance(training, list):
+        raise ValueError(f"{json_path}: 'training' must be a list of {{'image': ..., 'label': ...}}")
+    images: dict[str, Path] = {}
+    pairs = []
+    for i, entry in enumerate(training):
+        if not isinstance(entry, Mapping) or "image" not in entry or "label" not in entry:
+            raise ValueError(f"{json_path}: training entry {i} is not {{'image': ..., 'label': ...}}: {entry!r}")
+        image = _listed(root, json_path, entry["image"], f"training entry {i} image")
+        label = _listed(root, json_path, entry["label"], f"training entry {i} label")
+        case_id = _nifti_stem(image.name) or image.name
+        _add(images, case_id, image, "image")
+        pairs.append((case_id, image, label))
+    return pairs
+
+
+def _msd_folder_training(root: Path) -> list[tuple[str, Path, Path]]:
+    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    if not labels_dir.is_dir():
+        raise FileNotFoundError(f"{labels_dir}: missing; {images_dir} was found without dataset.json, MSD needs both")
+    images, labels = _folder_niftis(images_dir), _folder_niftis(labels_dir)
+    for case_id, image in images.items():
+        if case_id not in labels:
+            raise ValueError(f"{image}: image without a label (expected {labels_dir / image.name})")
+    for case_id, label in labels.items():
+        if case_id not in images:
+            raise ValueError(f"{label}: label without an image (expected {images_dir / label.name})")
+    return [(case_id, image, labels[case_id]) for case_id, image in images.items()]
+
+
+def _walk_files(root: Path) -> Iterable[Path]:
+    """Every non-hidden file below ``root``; follows symlinked folders, each real folder once (no cycles)."""
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not _skipped(d) and d not in _SKIP_DIRS)
+        for name in sorted(files):
+            if not _skipped(name):
+                yield Path(folder, name)
+
+
+def _lits_scan(root: Path) -> tuple[dict[str, Path], dict[str, Path], dict[str, Path]]:
+    """``(volumes, segmentations, test volumes)``, each ``case id -> path``."""
+    volumes: dict[str, Path] = {}
+    segmentations: dict[str, Path] = {}
+    tests: dict[str, Path] = {}
+    for path in _walk_files(root):
+        for pattern, found, what in (
+            (_LITS_VOLUME, volumes, "volume"),
+            (_LITS_SEGMENTATION, segmentations, "segmentation"),
+            (_LITS_TEST_VOLUME, tests, "test volume"),
+        ):
+            match = pattern.match(path.name)
+            if match:
+                # str(int(...)) so volume-007 and volume-7 are the same case (and caught as duplicates)
+                _add(found, str(int(match.group("n"))), path, what)
+                break
+    return volumes, segmentations, tests
+
+
+def _lits_training(root: Path, volumes: Mapping[str, Path], segs: Mapping[str, Path]) -> list[tuple[str, Path, Path]]:
+    for case_id, volume in volumes.items():
+        if case_id not in segs:
+            raise ValueError(
+                f"{volume}: volume without a segmentation (no segmentation-{case_id}.nii[.gz] below {root})"
+            )
+    for case_id, seg in segs.items():
+        if case_id not in volumes:
+            raise ValueError(f"{seg}: segmentation without a volume (no volume-{case_id}.nii[.gz] below {root})")
+    return [(case_id, volume, segs[case_id]) for case_id, volume in volumes.items()]
+
+
+def _training_pairs(root: Path) -> list[tuple[str, Path, Path]]:
+    json_path = root / "dataset.json"
+    if json_path.is_file():
+        return _msd_json_training(root, json_path, _read_dataset_json(json_path))
+    if (root / "imagesTr").is_dir():
+        return _msd_folder_training(root)
+    volumes, segs, _ = _lits_scan(root)
+    return _lits_training(root, volumes, segs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# public API
+
+
+def lits_datalist(dataset_dir: str | os.PathLike, affine_atol: float | None = 1e-3) -> list[dict[str, str]]:
+    """Find the labelled cases of a LiTS or MSD Task03_Liver dataset and check their NIfTI headers.
+
+    The layout is detected automatically: MSD if ``dataset_dir`` holds ``dataset.json`` (its ``"training"`` list)
+    or ``imagesTr/`` (paired with ``labelsTr/`` by file name), else LiTS: ``volume-N`` / ``segmentation-N``
+    (``.nii`` or ``.nii.gz``) anywhere below ``dataset_dir``, e.g. in ``Training Batch 1`` and ``Training Batch 2``.
+    Hidden files, macOS ``._*`` files and ``__MACOSX`` folders are ignored; ``test-volume-N`` files are not
+    training cases (see :func:`lits_inference_list`).
+
+    Only headers are read (fast, also for the 131 LiTS cases): each file must have a readable header and hold
+    all the bytes it declares (for ``.nii.gz`` judged from the gzip trailer, decompressing only when that
+    disagrees), and image and label must have the same shape and affine.
+
+    Args:
+        dataset_dir: root folder of the dataset.
+        affine_atol: absolute tolerance of the image/label affine comparison (``np.allclose``); ``None`` skips it.
+
+    Returns:
+        ``[{"image": absolute path, "label": absolute path, "case_id": id}, ...]`` sorted naturally by case id
+        (``"2"`` before ``"10"``); the id is ``"N"`` for LiTS and the file stem (``"liver_0"``) for MSD.
+
+    Raises:
+        FileNotFoundError: ``dataset_dir``, ``labelsTr/`` or a file listed in ``dataset.json`` is missing.
+        ValueError: ``dataset_dir`` is not a folder; no cases were found; a volume has no segmentation or a
+            segmentation no volume; a case id occurs twice; a header is unreadable or a file truncated; image and
+            label differ in shape or affine. Each message names the file or folder.
+    """
+    root = _root(dataset_dir)
+    pairs = _training_pairs(root)
+    if not pairs:
+        raise _no_cases(root, "labelled cases")
+    pairs.sort(key=lambda p: _natural_key(p[0]))
+    for _, image, label in pairs:
+        _check_pair(image, label, affine_atol)
+    return [{"image": str(image), "label": str(label), "case_id": case_id} for case_id, image, label in pairs]
+
+
+def lits_inference_list(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
+    """List every image to segment in a LiTS or MSD Task03_Liver dataset, with readable headers checked.
+
+    - MSD: the ``"test"`` entries of ``dataset.json`` (paths or ``{"image": path}``), or without those the
+      ``imagesTs/`` files; if there are none, the training images (``"training"`` / ``imagesTr/``).
+    - LiTS: every ``volume-N`` (case id ``"N"``) and ``test-volume-N`` (case id ``"test-N"``, since LiTS numbers
+      its test volumes from 0 again) anywhere below ``dataset_dir``.
+
+    Args:
+        dataset_dir: root folder of the dataset.
+
+    Returns:
+        ``[{"image": absolute path, "case_id": id}, ...]`` sorted naturally by case id.
+
+    Raises:
+        FileNotFoundError: ``dataset_dir`` or a file listed in ``dataset.json`` is missing.
+        ValueError: ``dataset_dir`` is not a folder; no images were found; a case id occurs twice; a header is
+            unreadable or a file truncated. Each message names the file or folder.
+    """
+    root = _root(dataset_dir)
+    images: dict[str, Path] = {}
+    json_path = root / "dataset.json"
+    meta = _read_dataset_json(json_path) if json_path.is_file() else None
+    if meta is not None or (root / "imagesTr").is_dir() or (root / "imagesTs").is_dir():
+        tests = meta.get("test", []) if meta is not None else []
+        if not isinstance(tests, list):
+            raise ValueError(f"{json_path}: 'test' must be a list of image paths")
+        for i, entry in enumerate(tests):
+            rel = entry.get("image") if isinstance(entry, Mapping) else entry
+            image = _listed(root, json_path, rel, f"test entry {i}")
+            _add(images, _nifti_stem(image.name) or image.name, image, "image")
+        if not images and (root / "imagesTs").is_dir():
+            images = _folder_niftis(root / "imagesTs")
+        if not images:
+            if meta is not None:
+                images = {case_id: image for case_id, image, _ in _msd_json_training(root, json_path, meta)}
+            elif (root / "imagesTr").is_dir():
+                images = _folder_niftis(root / "imagesTr")
+    else:
+        volumes, _, tests_found = _lits_scan(root)
+        images = dict(volumes)
+        images.update({f"test-{n}": path for n, path in tests_found.items()})
+    if not images:
+        raise _no_cases(root, "images")
+    order = sorted(images, key=_natural_key)
+    for case_id in order:
+        _read_header(images[case_id])
+    return [{"image": str(images[case_id]), "case_id": case_id} for case_id in order]
+
+
+def _check_fraction(name: str, value: float) -> float:
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return value
+
+
+def _fmt_ids(ids: Iterable[str], limit: int = 20) -> str:
+    ids = sorted(ids, key=_natural_key)
+    more = f" ... ({len(ids) - limit} more)" if len(ids) > limit else ""
+    return ", ".join(ids[:limit]) + more
+
+
+def _load_split(split_file: Path, by_id: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, list[str]], Any]:
+    """``({"train", "val", "test"} -> case ids, stored seed)`` from ``split_file``, checked against ``by_id``."""
+    hint = "delete the file to compute a new split, or point split_file elsewhere"
+    try:
+        stored = json.loads(split_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{split_file}: not a readable split file ({type(e).__name__}: {e}); {hint}") from e
+    if not isinstance(stored, dict) or not all(
+        isinstance(stored.get(k), list) and all(isinstance(i, str) for i in stored[k]) for k in ("train", "val", "test")
+    ):
+        raise ValueError(f"{split_file}: expected 'train', 'val' and 'test' lists of case ids; {hint}")
+    split = {k: list(stored[k]) for k in ("train", "val", "test")}
+    listed = [i for ids in split.values() for i in ids]
+    repeated = {i for i, count in Counter(listed).items() if count > 1}
+    if repeated:
+        raise ValueError(f"{split_file}: case ids listed more than once: {_fmt_ids(repeated)}; {hint}")
+    unknown, missing = set(listed) - set(by_id), set(by_id) - set(listed)
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"not in the datalist: {_fmt_ids(unknown)}")
+        if missing:
+            parts.append(f"in the datalist but not in the split file: {_fmt_ids(missing)}")
+        raise ValueError(f"{split_file}: the stored split does not match the datalist; {'; '.join(parts)}; {hint}")
+    if not split["train"] or not split["val"]:
+        raise ValueError(f"{split_file}: the stored split needs at least one 'train' and one 'val' case; {hint}")
+    return split, stored.get("seed")
+
+
+def split_cases(
+    datalist: Sequence[Mapping[str, Any]],
+    split_file: str | os.PathLike | None,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict[str, list[dict[str, Any]]]:
+    """Split cases into train / val / test, once, and reuse that split from ``split_file`` afterwards.
+
+    If ``split_file`` exists, its case ids are used as they are (``seed`` and the fractions are then ignored), so
+    training, MetaLR's meta loader and evaluation all see the same cases run after run. Otherwise the case ids,
+    sorted naturally, are permuted with ``numpy.random.default_rng(seed)``: the first ``n_test`` are the test
+    cases, the next ``n_val`` the validation cases, the rest training; the split is then written atomically to
+    ``split_file`` (parent folders created) as ``{"seed", "val_fraction", "test_fraction", "train", "val",
+    "test"}``.
+
+    ``n_val = max(1, round(n * val_fraction))`` (MetaLR and validation always need a held-out case) and
+    ``n_test = max(1, round(n * test_fraction))`` if ``test_fraction > 0`` else 0.
+
+    Args:
+        datalist: items with a unique ``"case_id"`` (as from :func:`lits_datalist`).
+        split_file: JSON file to reuse or create; ``None`` computes the split without storing it.
+        val_fraction: fraction of cases for validation, in [0, 1).
+        test_fraction: fraction of cases held out for testing, in [0, 1); ``val_fraction + test_fraction < 1``.
+        seed: seed of the permutation.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}``: the datalist items (copies), each list ordered as the
+        split file lists its ids (naturally sorted when computed here).
+
+    Raises:
+        ValueError: bad fractions; an item without ``"case_id"`` or a repeated case id; too few cases for one
+            training case; an existing ``split_file`` that is unreadable or whose ids differ from the datalist's
+            (the message names the file and the ids).
+    """
+    val_fraction = _check_fraction("val_fraction", val_fraction)
+    test_fraction = _check_fraction("test_fraction", test_fraction)
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
+    by_id: dict[str, Mapping[str, Any]] = {}
+    for i, item in enumerate(datalist):
+        if "case_id" not in item:
+            raise ValueError(f"datalist item {i} has no 'case_id': {dict(item)!r}")
+        case_id = str(item["case_id"])
+        if case_id in by_id:
+            raise ValueError(f"datalist has case id {case_id!r} more than once")
+        by_id[case_id] = item
+
+    path = Path(split_file).expanduser() if split_file is not None else None
+    if path is not None and path.exists():
+        split, split_seed = _load_split(path, by_id)
+        if split_seed != seed:
+            logger.info("%s: reusing the stored split (seed %s); seed argument %s ignored", path, split_seed, seed)
+    else:
+        n = len(by_id)
+        n_val = max(1, round(n * val_fraction))
+        n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+        if n - n_val - n_test < 1:
+            raise ValueError(
+                f"split_cases needs at least {n_val + n_test + 1} cases ({n_val} val + {n_test} test + 1 train), "
+                f"got {n}"
+            )
+        ids = sorted(by_id, key=_natural_key)
+        order = [ids[i] for i in np.random.default_rng(seed).permutation(n)]
+        split = {
+            "train": sorted(order[n_test + n_val :], key=_natural_key),
+            "val": sorted(order[n_test : n_test + n_val], key=_natural_key),
+            "test": sorted(order[:n_test], key=_natural_key),
+        }
+        if path is not None:
+            record = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction, **split}
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return {key: [dict(by_id[i]) for i in ids] for key, ids in split.items()}
