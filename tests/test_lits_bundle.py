@@ -1,0 +1,204 @@
+"""The LiTS bundle through ``python -m monai.bundle``: train, evaluate, inference, export, metadata, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import BUNDLES, REPO, bundle_cli, write_case
+from test_networks import random_genesis_checkpoint
+
+from monai_metalr.analysis import read_lr_csv
+
+BUNDLE = "lits_liver_segmentation"
+CONFIGS = BUNDLES / BUNDLE / "configs"
+# small enough for seconds on a CPU; every stage of the real pipeline still runs
+TINY = {
+    "epochs": 1,
+    "iterations_per_epoch": 2,
+    "patch_size": "[16,16,16]",
+    "network_kwargs": "{'base_channels': 4}",
+    "num_samples": 1,
+    "batch_size": 2,
+    "num_workers": 0,
+    "sw_batch_size": 2,
+    "cache": "none",
+}
+SCHEMA = REPO.parent / "shared" / "monai-schema" / "meta_schema_20240725.json"
+
+
+def _read_metrics(path: Path) -> dict[str, float]:
+    with open(path, newline="") as f:
+        return {row[0]: float(row[1]) for row in csv.reader(f) if row}
+
+
+@pytest.fixture(scope="module")
+def lits_dir(tmp_path_factory) -> Path:
+    """The official LiTS nesting: two training batches, .nii and .nii.gz mixed, plus an unlabelled test volume."""
+    root = tmp_path_factory.mktemp("LiTS")
+    for i in range(5):
+        folder = root / ("Training Batch 1" if i < 2 else "Training Batch 2")
+        ext = ".nii" if i % 2 else ".nii.gz"
+        write_case(folder / f"volume-{i}{ext}", folder / f"segmentation-{i}{ext}", seed=i)
+    write_case(root / "Test Batch" / "test-volume-0.nii", None, shape=(20, 28, 12), seed=9)
+    return root
+
+
+@pytest.fixture(scope="module")
+def lits_run(lits_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """One MetaLR training run, launched from an unrelated working directory."""
+    out = tmp_path_factory.mktemp("lits_out")
+    cwd = tmp_path_factory.mktemp("elsewhere")
+    bundle_cli(BUNDLE, "run", ["train.json"], cwd, dataset_dir=lits_dir, output_dir=out, **TINY)
+    return lits_dir, out
+
+
+def test_train_writes_checkpoints_split_and_lr_curves(lits_run):
+    _, out = lits_run
+    for name in ("model.pt", "checkpoint_final.pt", "split.json", "metalr_lr.csv", "metalr_lr.png"):
+        assert (out / name).is_file(), name
+    split = json.loads((out / "split.json").read_text())
+    assert sorted(split["train"] + split["val"] + split["test"]) == ["0", "1", "2", "3", "4"]
+    history, groups = read_lr_csv(out / "metalr_lr.csv")
+    assert groups == ["Down-1", "Down-2", "Down-3", "Down-4", "Up-1", "Up-2", "Up-3", "Out"]
+    assert len(history["step"]) == 2  # one meta step per iteration
+    final = torch.load(out / "checkpoint_final.pt", weights_only=True)
+    assert {"model", "optimizer", "trainer", "metalr"} <= set(final)
+    assert list(final["metalr"]["lrs"].shape) == [8]
+
+
+def test_evaluate_on_the_test_split_only(lits_run):
+    lits_dir, out = lits_run
+    bundle_cli(BUNDLE, "run", ["train.json", "evaluate.json"], lits_dir, dataset_dir=lits_dir, output_dir=out, **TINY)
+    metrics = _read_metrics(out / "metrics.csv")
+    assert {"test_mean_dice", "test_liver_dice", "test_tumour_dice"} <= set(metrics)
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    with open(out / "test_mean_dice_raw.csv", newline="") as f:
+        evaluated = [Path(row["filename"]).name for row in csv.DictReader(f)]
+    test_ids = json.loads((out / "split.json").read_text())["test"]
+    assert sorted(n.split("-")[1].split(".")[0] for n in evaluated) == sorted(test_ids)
+    assert (out / "prediction_slice.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_inference_writes_masks_with_the_input_geometry(lits_run, tmp_path):
+    lits_dir, out = lits_run
+    bundle_cli(BUNDLE, "run", ["train.json", "inference.json"], tmp_path, dataset_dir=lits_dir, output_dir=out, **TINY)
+    inputs = sorted(lits_dir.rglob("*volume-*.nii*"))
+    assert len(inputs) == 6  # five training volumes and the unlabelled test volume
+    for image_path in inputs:
+        stem = image_path.name.split(".nii")[0]
+        mask_path = out / "predictions" / f"{stem}_seg.nii.gz"
+        assert mask_path.is_file(), mask_path
+        image, mask = nib.load(str(image_path)), nib.load(str(mask_path))
+        assert mask.shape == image.shape
+        np.testing.assert_allclose(mask.affine, image.affine, atol=1e-4)
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
+
+
+def test_exported_torchscript_matches_the_checkpoint(lits_run, tmp_path):
+    _, out = lits_run
+    ts = tmp_path / "model.ts"
+    bundle_cli(
+        BUNDLE, "ckpt_export", ["train.json"], tmp_path, "network_def",
+        filepath=ts, ckpt_file=out / "model.pt", network_kwargs="{'base_channels': 4}",
+    )
+    from monai_metalr.networks import UNet3D
+
+    eager = UNet3D(1, 3, base_channels=4)
+    eager.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    scripted = torch.jit.load(str(ts))
+    x = torch.rand(1, 1, 16, 16, 16)
+    torch.testing.assert_close(scripted.eval()(x), eager.eval()(x))
+
+
+def test_verify_net_in_out(tmp_path):
+    proc = bundle_cli(BUNDLE, "verify_net_in_out", ["train.json"], tmp_path, "network_def",
+                      network_kwargs="{'base_channels': 4}", n=2)
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(not SCHEMA.is_file(), reason="official MONAI metadata schema not available offline")
+def test_metadata_against_the_official_schema(tmp_path):
+    schema = tmp_path / "schema.json"
+    shutil.copy(SCHEMA, schema)  # verify_metadata only downloads when the file is absent
+    proc = bundle_cli(BUNDLE, "verify_metadata", None, tmp_path, filepath=schema)
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert "monai_metalr" in meta["required_packages_version"]
+
+
+@pytest.fixture(scope="module")
+def msd_dir(tmp_path_factory) -> Path:
+    """MSD Task03_Liver: dataset.json with training pairs and test images."""
+    root = tmp_path_factory.mktemp("Task03_Liver")
+    training = []
+    for i in range(4):
+        write_case(root / "imagesTr" / f"liver_{i}.nii.gz", root / "labelsTr" / f"liver_{i}.nii.gz", seed=10 + i)
+        training.append({"image": f"./imagesTr/liver_{i}.nii.gz", "label": f"./labelsTr/liver_{i}.nii.gz"})
+    write_case(root / "imagesTs" / "liver_100.nii.gz", None, shape=(24, 20, 16), seed=20)
+    meta = {"name": "Liver", "labels": {"0": "background", "1": "liver", "2": "cancer"}, "numTraining": 4,
+            "training": training, "test": ["./imagesTs/liver_100.nii.gz"]}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_msd_layout_plain_finetuning_liver_only(msd_dir, tmp_path):
+    out = tmp_path / "out"
+    common = {"dataset_dir": msd_dir, "output_dir": out, "label_mode": "liver", **TINY}
+    bundle_cli(BUNDLE, "run", ["train.json"], tmp_path, use_metalr=False, **common)
+    assert (out / "model.pt").is_file() and not (out / "metalr_lr.csv").exists()
+    assert "metalr" not in torch.load(out / "checkpoint_final.pt", weights_only=True)
+    bundle_cli(BUNDLE, "run", ["train.json", "evaluate.json"], tmp_path, **common)
+    metrics = _read_metrics(out / "metrics.csv")
+    assert "test_liver_dice" in metrics and "test_tumour_dice" not in metrics
+    bundle_cli(BUNDLE, "run", ["train.json", "inference.json"], tmp_path, **common)
+    mask = nib.load(str(out / "predictions" / "liver_100_seg.nii.gz"))
+    assert mask.shape == (24, 20, 16) and set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+
+
+def test_a_models_genesis_checkpoint_initialises_the_bundle_network(tmp_path):
+    from monai.bundle import ConfigParser
+
+    path = tmp_path / "Genesis_Chest_CT.pt"
+    checkpoint = random_genesis_checkpoint(n_class=1, seed=3)
+    torch.save(checkpoint, path)
+    parser = ConfigParser()
+    parser.read_config(CONFIGS / "train.json")
+    parser.update({"pretrained_path": str(path), "bundle_root": str(BUNDLES / BUNDLE), "output_dir": str(tmp_path)})
+    parser.get_parsed_content("initialize")  # what `monai.bundle run` does first: seeds, then load_pretrained
+    net = parser.get_parsed_content("network_def")
+    state = net.state_dict()
+    for name, value in checkpoint["state_dict"].items():
+        key = name.removeprefix("module.")
+        if key.startswith("out_tr."):
+            assert state[key].shape != value.shape  # 1 restoration channel vs 3 segmentation classes: not loaded
+        else:
+            torch.testing.assert_close(state[key], value)
+
+
+def test_empty_dataset_dir_is_a_clear_error(tmp_path):
+    empty = tmp_path / "nothing_here"
+    empty.mkdir()
+    proc = bundle_cli(BUNDLE, "run", ["train.json"], tmp_path, check=False, dataset_dir=empty,
+                      output_dir=tmp_path / "out", **TINY)
+    assert proc.returncode != 0 and "nothing_here" in proc.stderr
+
+
+def test_label_value_outside_the_task_names_the_file(tmp_path):
+    data = tmp_path / "data"
+    for i in range(3):
+        write_case(data / f"volume-{i}.nii.gz", data / f"segmentation-{i}.nii.gz", seed=i)
+    bad = nib.load(str(data / "segmentation-1.nii.gz"))
+    labels = np.asarray(bad.dataobj).copy()
+    labels[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(labels, bad.affine), str(data / "segmentation-1.nii.gz"))
+    proc = bundle_cli(BUNDLE, "run", ["train.json"], tmp_path, check=False, dataset_dir=data,
+                      output_dir=tmp_path / "out", **{**TINY, "cache": "memory"})
+    assert proc.returncode != 0
+    assert "segmentation-1.nii.gz" in proc.stderr and "7" in proc.stderr
