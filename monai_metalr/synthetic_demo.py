@@ -1,11 +1,11 @@
-"""``make demo``: fine-tune a pre-trained MONAI ResNet with MetaLRHandler in a SupervisedTrainer.
+"""A one-minute synthetic example: fine-tune a pre-trained MONAI ResNet with MetaLRHandler in a SupervisedTrainer.
 
 Data are generated on the fly (no download): 2D "lesion" images whose class is the lesion's shape
 (disc, square, ring) under speckle noise. A ResNet-10 is first pre-trained on a source task (bright vs
 dark blobs), then fine-tuned on the target task with MetaLR learning one LR per layer group from a
 held-out validation split. The learned LRs are printed and plotted.
 
-    python -m monai_metalr.demo --output_dir demo_output --epochs 4
+    python -m monai_metalr.synthetic_demo --output_dir synthetic_demo_output --epochs 4
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _pretrain(net: nn.Module, epochs: int, device: torch.device) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="demo_output")
+    parser.add_argument("--output_dir", default="synthetic_demo_output")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--n_train", type=int, default=192)
     parser.add_argument("--n_val", type=int, default=96)
