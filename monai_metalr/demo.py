@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .data.demo_ct import write_demo_lits
 
-__all__ = ["CPU_OVERRIDES", "bundle_command", "find_bundle", "main"]
+__all__ = ["CPU_OVERRIDES", "bundle_command", "find_bundle", "main", "run"]
 
 BUNDLE = "lits_liver_segmentation"
 
@@ -79,11 +79,13 @@ def _read_metrics(path: Path) -> dict[str, float]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def run(argv: Sequence[str] | None = None) -> dict:
+    """Run the demo; returns ``{"metrics", "files", "output_dir"}``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="demo_output")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--num_cases", type=int, default=4, help="disjoint axial slabs cut from the CT")
+    parser.add_argument("--gap", type=int, default=4, help="slices dropped between neighbouring slabs")
     parser.add_argument("--use_metalr", default="True", choices=["True", "False"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
@@ -92,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     out = Path(args.output_dir).resolve()
     data = out / "data" / "LiTS"
-    items = write_demo_lits(data, num_cases=args.num_cases)
+    items = write_demo_lits(data, num_cases=args.num_cases, gap=args.gap)
     print(f"Wrote {len(items)} LiTS-layout cases (disjoint axial slabs of the real CT) to {data}")
 
     bundle = find_bundle()
@@ -119,5 +121,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return {"metrics": metrics, "files": {k: v for k, v in files.items() if v.exists()}, "output_dir": out}
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (``monai-metalr-demo``); exit status 0 on success."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

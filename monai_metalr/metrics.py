@@ -35,8 +35,9 @@ class SelectClass:
 def per_class_dice(classes: Mapping[str, int], prefix: str = "") -> dict[str, MeanDice]:
     """One ``MeanDice`` metric per foreground class, named ``<prefix><class>_dice``.
 
-    Cases where a class is absent from both prediction and label count as NaN and are left out of the
-    mean (MONAI's ``ignore_empty``), so a tumour-free case does not inflate the tumour Dice.
+    A case whose ground truth lacks the class is NaN and left out of that class's mean (MONAI's
+    ``ignore_empty``), whatever was predicted there: false-positive tumour in tumour-free cases is not
+    counted by the tumour Dice.
 
     Args:
         classes: class name -> channel index (background excluded), e.g. ``{"liver": 1, "tumour": 2}``.

@@ -14,11 +14,22 @@ BUNDLES = REPO / "bundles"
 
 
 def bundle_cli(
-    bundle: str, command: str, configs: list[str] | None, cwd: Path, *args: str, check: bool = True, **overrides
+    bundle: str,
+    command: str,
+    configs: list[str] | None,
+    cwd: Path,
+    *args: str,
+    check: bool = True,
+    nproc: int = 0,
+    **overrides,
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m monai.bundle <command>`` for ``bundles/<bundle>`` in ``cwd``; fail with its output."""
+    """Run ``python -m monai.bundle <command>`` for ``bundles/<bundle>`` in ``cwd``; fail with its output.
+
+    With ``nproc`` > 0 it runs under ``torchrun --standalone --nproc_per_node nproc`` instead.
+    """
     root = BUNDLES / bundle
-    cmd = [sys.executable, "-m", "monai.bundle", command, *args]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else [sys.executable]
+    cmd = [*launcher, "-m", "monai.bundle", command, *args]
     if configs:
         files = [str(root / "configs" / c) for c in configs]
         cmd += ["--config_file", str(files) if len(files) > 1 else files[0]]

@@ -16,7 +16,6 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from monai_metalr.data import (
-    LITS_LABELS,
     CheckSegmentationd,
     LoadVolumed,
     lits_datalist,
@@ -430,10 +429,6 @@ def test_split_duplicate_case_ids():
 
 def pipeline(keys=("image", "label"), loader=LoadVolumed) -> Compose:
     return Compose([loader(keys=keys, image_only=True), EnsureChannelFirstd(keys=keys), CheckSegmentationd(keys=keys)])
-
-
-def test_labels_constant():
-    assert LITS_LABELS == {"background": 0, "liver": 1, "tumour": 2}
 
 
 @pytest.mark.parametrize("loader", [LoadVolumed, LoadImaged])

@@ -45,7 +45,7 @@ def test_bad_mrc_files_name_the_file(tmp_path):
 
 def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
     overrides = ["--set", "iterations_per_epoch", "2", "--set", "patch_size", "[32, 32, 16]", "--set", "cache", "none"]
-    result = demo.main(["--output_dir", str(tmp_path), "--epochs", "1", *overrides])
+    result = demo.run(["--output_dir", str(tmp_path), "--epochs", "1", *overrides])
     out = capsys.readouterr().out
     assert "Liver Dice on the held-out slab:" in out
     assert 0.0 <= result["metrics"]["test_liver_dice"] <= 1.0

@@ -202,3 +202,53 @@ def test_label_value_outside_the_task_names_the_file(tmp_path):
                       output_dir=tmp_path / "out", **{**TINY, "cache": "memory"})
     assert proc.returncode != 0
     assert "segmentation-1.nii.gz" in proc.stderr and "7" in proc.stderr
+
+
+def test_multi_gpu_config_runs_under_torchrun_with_gloo(tmp_path):
+    """Two CPU processes (gloo): DDP training, sharded train/meta/val loaders, files from rank 0 only."""
+    data = tmp_path / "data"
+    for i in range(8):
+        write_case(data / f"volume-{i}.nii.gz", data / f"segmentation-{i}.nii.gz", seed=i)
+    out = tmp_path / "out"
+    proc = bundle_cli(BUNDLE, "run", ["train.json", "multi_gpu_train.json"], tmp_path, nproc=2, dataset_dir=data,
+                      output_dir=out, val_fraction=0.25, **{**TINY, "epochs": 2})
+    history, _ = read_lr_csv(out / "metalr_lr.csv")
+    assert len(history["step"]) == 4
+    assert (out / "model.pt").is_file() and (out / "checkpoint_final.pt").is_file()
+    logged = [line for line in proc.stdout.splitlines() if "MetaLR learning rates" in line]
+    assert len(logged) == 2  # once per epoch: rank 1 logs warnings only
+
+
+def _parsed(*configs: str, **overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / c) for c in configs])
+    parser.update({"bundle_root": str(BUNDLES / BUNDLE), **overrides})
+    return parser
+
+
+def test_metalr_switch_meta_batches_from_the_validation_cache_and_amp_follows_the_device(lits_dir, tmp_path):
+    from monai_metalr import MetaLRHandler
+
+    plain = _parsed("train.json", dataset_dir=str(lits_dir), output_dir=str(tmp_path), use_metalr=False,
+                    cache="none", device="$torch.device('cpu')")
+    assert not any(isinstance(h, MetaLRHandler) for h in plain.get_parsed_content("train#handlers"))
+    assert plain.get_parsed_content("amp") is False
+    parser = _parsed("train.json", dataset_dir=str(lits_dir), output_dir=str(tmp_path / "m"))
+    assert sum(isinstance(h, MetaLRHandler) for h in parser.get_parsed_content("train#handlers")) == 1
+    # meta patches are cut from the cached validation cases: the validation split is loaded once
+    assert parser.get_parsed_content("meta#dataset").data is parser.get_parsed_content("validate#dataset")
+
+
+@pytest.mark.parametrize("workflow_type, configs", [("train", ["train.json"]), ("infer", ["train.json", "inference.json"])])
+def test_standard_bundle_properties(lits_dir, tmp_path, workflow_type, configs):
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / c) for c in configs], meta_file=str(CONFIGS / "metadata.json"), logging_file=None,
+        workflow_type=workflow_type, bundle_root=str(BUNDLES / BUNDLE), dataset_dir=str(lits_dir),
+        output_dir=str(tmp_path), cache="none",
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from monai.data import CacheDataset, Dataset, PersistentDataset
 
@@ -40,6 +43,7 @@ def make_dataset(
     cache_dir: str | os.PathLike | None = None,
     cache_rate: float = 1.0,
     num_workers: int = 0,
+    cache_key: Any = None,
 ) -> Dataset:
     """A MONAI dataset whose deterministic transforms are cached in memory, on disk, or not at all.
 
@@ -51,14 +55,22 @@ def make_dataset(
         cache_dir: folder for ``"disk"`` caching (required then).
         cache_rate: fraction of the items cached in memory.
         num_workers: threads used to fill the memory cache.
+        cache_key: JSON-serialisable settings of the deterministic transforms (e.g. spacing, intensity
+            window, label mode). ``"disk"`` caching keeps one sub-folder per distinct key, so a run with
+            other settings never reads tensors cached under the old ones (``PersistentDataset`` keys its
+            files on the data items only).
     """
     if cache == "memory":
         return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=num_workers, progress=False)
     if cache == "disk":
         if cache_dir is None:
             raise ValueError('make_dataset: cache="disk" needs cache_dir')
+        if cache_key is not None:
+            digest = hashlib.sha1(json.dumps(cache_key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+            cache_dir = Path(cache_dir) / digest
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        return PersistentDataset(data, transform, cache_dir=cache_dir)
+        # MetaTensors (filenames, affines for Invertd) are kept; the cache is our own output, so a full unpickle is safe
+        return PersistentDataset(data, transform, cache_dir=cache_dir, track_meta=True, weights_only=False)
     if cache == "none":
         return Dataset(data, transform)
     raise ValueError(f'make_dataset: cache must be "memory", "disk" or "none", got {cache!r}')
