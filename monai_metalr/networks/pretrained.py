@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import logging
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ import torch
 from torch import nn
 
 from ..groups import unwrap_model
+from .resnet_weights import RESNET_NAMINGS, detect_resnet_naming, rename_resnet_state_dict
 
 __all__ = ["load_pretrained", "PretrainedReport"]
 
@@ -27,6 +31,11 @@ _WRAPPER_KEYS = ("state_dict", "model", "network")
 _KEY_PREFIXES = ("module.", "_orig_mod.")
 # terminal colour codes that torch puts in some error messages
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# classes that weights_only unpickling may build besides tensors: argparse.Namespace is a plain attribute bag
+# (no code runs when it is restored) that training scripts save next to the weights, e.g. C2L's {"opt": args, ...}
+_SAFE_GLOBALS = [argparse.Namespace]
+# naming schemes of load_pretrained: "auto" detects one of RESNET_NAMINGS from the file's keys
+NAMINGS = ("auto",) + RESNET_NAMINGS
 
 
 def _shorten(names: list[str], limit: int = 6) -> str:
@@ -48,6 +57,10 @@ class PretrainedReport:
         shape_mismatch: keys present in both with different shapes (left as they were).
         shapes: for each ``shape_mismatch`` key, ``(file shape, model shape)``.
         n_model: number of tensors (parameters and persistent buffers) in the model's state dict.
+        naming: the checkpoint naming scheme the file's keys were read with (``"monai"``/``"torchvision"``: as
+            they are; ``"uscl"``, ``"c2l"``: renamed to MONAI names first, so all lists above use MONAI names).
+        dropped: file keys (original names) that the naming scheme leaves out as non-backbone heads, e.g. USCL's
+            projection MLP; not counted as unexpected.
     """
 
     path: str
@@ -57,6 +70,8 @@ class PretrainedReport:
     shape_mismatch: list[str] = field(default_factory=list)
     shapes: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict, repr=False)
     n_model: int = 0
+    naming: str = "monai"
+    dropped: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -72,11 +87,15 @@ class PretrainedReport:
             f"{n} (file {self.shapes[n][0]} vs model {self.shapes[n][1]})" if n in self.shapes else n
             for n in self.shape_mismatch
         ]
-        return (
-            f"loaded {len(self.matched)}/{self.n_model} tensors from {self.path}; "
+        scheme = "" if self.naming in ("monai", "torchvision") else f" ({self.naming} naming)"
+        text = (
+            f"loaded {len(self.matched)}/{self.n_model} tensors from {self.path}{scheme}; "
             f"missing: {_shorten(self.missing, limit)}; unexpected: {_shorten(self.unexpected, limit)}; "
             f"shape mismatch: {_shorten(mismatch, limit)}"
         )
+        if self.dropped:
+            text += f"; dropped heads: {_shorten(self.dropped, limit)}"
+        return text
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -88,6 +107,12 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+def _allow_safe_globals() -> contextlib.AbstractContextManager:
+    # torch.serialization.safe_globals exists from PyTorch 2.5; older versions simply refuse such files
+    allow = getattr(torch.serialization, "safe_globals", None)
+    return allow(_SAFE_GLOBALS) if allow is not None else contextlib.nullcontext()
+
+
 def _read_checkpoint(path: Path, map_location: Any) -> Any:
     if _is_torchscript(path):  # e.g. MONAI's ckpt_export output or a bundle's model.ts
         try:
@@ -95,7 +120,8 @@ def _read_checkpoint(path: Path, map_location: Any) -> Any:
         except Exception as e:
             raise ValueError(f"{path} cannot be read as a TorchScript archive: {_why(path, e)}") from e
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with _allow_safe_globals():
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         text = _ANSI.sub("", str(e))
         if "weights only" in text.lower() or "WeightsUnpickler" in text:
@@ -164,12 +190,28 @@ def _unwrap_checkpoint(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _warn_downsample_bias(report: PretrainedReport) -> None:
+    # MONAI's ResNet defaults to biased downsample convolutions; torchvision-layout files have none, and a random
+    # bias after pretrained weights silently shifts every downsampled feature map
+    biases = [
+        n for n in report.missing if n.endswith("downsample.0.bias") and n[: -len("bias")] + "weight" in report.matched
+    ]
+    if biases:
+        warnings.warn(
+            f"{report.path}: the checkpoint has no {_shorten(biases, 2)} (torchvision-style ResNet) but the model "
+            "does, so they keep their random initialisation; build the MONAI ResNet with bias_downsample=False "
+            "(monai_metalr.networks.monai_resnet18 does)",
+            stacklevel=3,
+        )
+
+
 def load_pretrained(
     model: nn.Module,
     path: str | os.PathLike,
     strict: bool = False,
     map_location: Any = "cpu",
     verbose: bool = True,
+    naming: str = "auto",
 ) -> PretrainedReport:
     """Copy the tensors of a checkpoint file into ``model`` by name, where the shapes agree.
 
@@ -179,8 +221,14 @@ def load_pretrained(
     (DDP/DataParallel, ``torch.compile``) are removed from the file's keys, and a wrapped ``model`` is seen through.
     BatchNorm buffers (``running_mean``, ``running_var``, ``num_batches_tracked``) count as tensors like parameters.
 
-    The file is read with ``torch.load(weights_only=True)``, which cannot run code from the file; a TorchScript
-    archive (``torch.jit.save``, MONAI's ``ckpt_export``) is read with ``torch.jit.load`` and its state dict used.
+    The file is read with ``torch.load(weights_only=True)``, which cannot run code from the file (it may also hold
+    ``argparse.Namespace`` objects, as training scripts save their options); a TorchScript archive
+    (``torch.jit.save``, MONAI's ``ckpt_export``) is read with ``torch.jit.load`` and its state dict used.
+
+    ResNet checkpoints in the USCL or C2L layouts are renamed to MONAI/torchvision names first (``naming``, see
+    :mod:`monai_metalr.networks.resnet_weights`); their projection heads are dropped and listed in
+    ``report.dropped``. With ``"auto"`` a scheme is only applied when the file's keys follow it and do not
+    already name the model's tensors, so other checkpoints load by their own names as before.
 
     Args:
         model: the network to fill in place, possibly wrapped by DDP, DataParallel or ``torch.compile``.
@@ -189,16 +237,21 @@ def load_pretrained(
             used; otherwise matching tensors are loaded and the rest is reported.
         map_location: passed to ``torch.load``.
         verbose: print the report's summary and log it (INFO) on the ``"monai_metalr"`` logger.
+        naming: how to read the file's keys: ``"auto"`` (detect), ``"monai"`` or ``"torchvision"`` (as they are),
+            ``"uscl"`` or ``"c2l"`` (rename a ResNet checkpoint of that method).
 
     Returns:
-        A :class:`PretrainedReport` of matched, missing, unexpected and shape-mismatched keys.
+        A :class:`PretrainedReport` of matched, missing, unexpected and shape-mismatched keys (model names).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file cannot be read as a PyTorch checkpoint (truncated, empty, not a checkpoint, or holding
             objects ``weights_only`` refuses), holds no tensors, no tensor matches the model (likely the wrong
-            network), or ``strict`` and anything is missing, unexpected or mismatched. The model is unchanged then.
+            network), ``strict`` and anything is missing, unexpected or mismatched, an unknown ``naming``, or keys
+            that do not follow an explicitly named scheme. The model is unchanged then.
     """
+    if naming not in NAMINGS:
+        raise ValueError(f"load_pretrained: unknown naming {naming!r}; choose one of {list(NAMINGS)}")
     file = Path(path)
     if not file.exists():
         raise FileNotFoundError(f"pretrained checkpoint {file} does not exist")
@@ -208,7 +261,17 @@ def load_pretrained(
 
     target = unwrap_model(model)
     own = target.state_dict()
-    report = PretrainedReport(path=str(file), n_model=len(own))
+    if naming == "auto":
+        # the file's own names win when they already fit the model (e.g. a model that itself is USCL-shaped)
+        fits = sum(name in own for name in source) * 2 >= len(source)
+        naming = detect_resnet_naming(source)
+        if fits and naming not in ("monai", "torchvision"):
+            naming = "monai"
+    try:
+        source, dropped = rename_resnet_state_dict(source, naming)
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from e
+    report = PretrainedReport(path=str(file), n_model=len(own), naming=naming, dropped=dropped)
     for name, tensor in own.items():
         if name not in source:
             report.missing.append(name)
@@ -229,6 +292,7 @@ def load_pretrained(
 
     # load_state_dict copies in place (casting dtype/device) and keeps module hooks in charge of their keys
     target.load_state_dict({name: source[name] for name in report.matched}, strict=False)
+    _warn_downsample_bias(report)
     if verbose:
         text = report.summary()
         print(text)
