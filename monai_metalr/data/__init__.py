@@ -1,35 +1,74 @@
-"""Data readers for the LiTS liver CT segmentation bundle.
+"""Readers, datalists, splits and loading transforms for the bundles.
+
+3D segmentation (LiTS bundle):
 
 - :func:`lits_datalist` / :func:`lits_inference_list`: find the cases of a LiTS or MSD Task03_Liver dataset
   (layout detected automatically) and check their NIfTI headers, naming any broken file.
 - :func:`split_cases`: a seeded case-level train / val / test split, stored in a JSON file and reused.
 - :class:`LoadVolumed`: ``LoadImaged`` whose read errors name the file.
 - :class:`CheckSegmentationd`: image/label shape, affine, label values and finite voxels, after loading.
-- :data:`LITS_LABELS`: ``{"background": 0, "liver": 1, "tumour": 2}``.
-- :func:`label_classes` / :func:`label_map`: the classes of a ``label_mode`` ("liver" or "liver_tumour").
+- :data:`LITS_LABELS`, :func:`label_classes` / :func:`label_map`: the classes of a ``label_mode``.
 - :func:`make_dataset`: memory (``CacheDataset``), disk (``PersistentDataset``) or no caching, by one key.
 - :func:`write_demo_lits`: the real CT of ``liver-ct-segmentation-package`` as a small LiTS dataset.
+
+2D classification (BUSI, POCUS, chest X-ray bundles):
+
+- :func:`busi_datalist`, :func:`pocus_datalist` (+ :func:`pocus_folds_pickle`, :func:`folds_to_datalist` for the
+  MetaLR authors' 5-fold pickle), :func:`chestxray_datalist`: the published layouts, as MONAI datalists.
+- :func:`split_classification`: stratified, grouped (patient / video), seeded splits and k-fold, stored as JSON.
+- :class:`LoadFramed`: PNG/JPEG, DICOM and video frames as ``[C, H, W]`` tensors;
+  :func:`classification_inference_list`: every image, DICOM file and video under a folder, frames sampled by
+  :func:`sample_frame_indices`.
+- :func:`read_dicom_frame` / :func:`dicom_frame_info`, :func:`read_video_frames` / :func:`video_frame_info`.
 """
 
 from __future__ import annotations
 
+from .busi import BUSI_CLASSES, busi_datalist, merge_masks
 from .checks import CheckSegmentationd, LoadVolumed
+from .chestxray import CXR_CLASSES, chestxray_datalist
 from .datasets import LABEL_MODES, label_classes, label_map, make_dataset, split_subset
 from .demo_ct import read_mrc, write_demo_lits
+from .dicom import dicom_frame_info, read_dicom_frame
+from .frames import sample_frame_indices
+from .image2d import LoadFramed, classification_inference_list, read_frame
 from .lits import LITS_LABELS, lits_datalist, lits_inference_list, split_cases
+from .pocus import POCUS_CLASSES, folds_to_datalist, pocus_classes, pocus_datalist, pocus_folds_pickle
+from .splits import split_classification
+from .video import VIDEO_EXTENSIONS, read_video_frames, video_frame_info
 
 __all__ = [
+    "BUSI_CLASSES",
+    "CXR_CLASSES",
     "LABEL_MODES",
     "LITS_LABELS",
+    "POCUS_CLASSES",
+    "VIDEO_EXTENSIONS",
     "CheckSegmentationd",
+    "LoadFramed",
     "LoadVolumed",
+    "busi_datalist",
+    "chestxray_datalist",
+    "classification_inference_list",
+    "dicom_frame_info",
+    "folds_to_datalist",
     "label_classes",
     "label_map",
     "lits_datalist",
     "lits_inference_list",
     "make_dataset",
+    "merge_masks",
+    "pocus_classes",
+    "pocus_datalist",
+    "pocus_folds_pickle",
+    "read_dicom_frame",
+    "read_frame",
     "read_mrc",
+    "read_video_frames",
+    "sample_frame_indices",
     "split_cases",
+    "split_classification",
     "split_subset",
+    "video_frame_info",
     "write_demo_lits",
 ]

@@ -31,6 +31,7 @@ import nibabel as nib
 import numpy as np
 
 from ..io import atomic_path
+from .paths import dataset_root
 
 __all__ = ["LITS_LABELS", "lits_datalist", "lits_inference_list", "split_cases"]
 
@@ -69,12 +70,7 @@ def _nifti_stem(name: str) -> str | None:
 
 
 def _root(dataset_dir: str | os.PathLike) -> Path:
-    root = Path(dataset_dir).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"{root}: dataset_dir does not exist")
-    if not root.is_dir():
-        raise ValueError(f"{root}: dataset_dir is not a folder")
-    return root.absolute()
+    return dataset_root(dataset_dir)
 
 
 def _no_cases(root: Path, what: str) -> ValueError:

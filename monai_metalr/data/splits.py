@@ -1,0 +1,155 @@
+"""Seeded, stratified, grouped train / val / test splits for classification datalists, stored as JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io import atomic_path
+from .lits import _check_fraction, _load_split, _natural_key
+
+__all__ = ["split_classification"]
+
+logger = logging.getLogger("monai_metalr")
+
+
+def _groups_by_class(items: Sequence[Mapping[str, Any]], label_key: str, group_key: str) -> dict[Any, list[str]]:
+    """class -> naturally sorted group ids; a group whose items disagree on the label is an error."""
+    label_of: dict[str, Any] = {}
+    for item in items:
+        group, label = str(item.get(group_key, item["case_id"])), item[label_key]
+        if label_of.setdefault(group, label) != label:
+            raise ValueError(f"group {group!r} mixes labels {label_of[group]!r} and {label!r} ({item['case_id']})")
+    by_class: dict[Any, list[str]] = defaultdict(list)
+    for group, label in label_of.items():
+        by_class[label].append(group)
+    return {c: sorted(g, key=_natural_key) for c, g in sorted(by_class.items(), key=lambda kv: str(kv[0]))}
+
+
+def _take(groups: list[str], fraction: float) -> int:
+    """How many of a class's groups a held-out part gets: at least one when the class can spare it."""
+    if fraction <= 0 or len(groups) < 2:
+        return 0
+    return min(max(1, round(len(groups) * fraction)), len(groups) - 1)
+
+
+def split_classification(
+    datalist: Sequence[Mapping[str, Any]],
+    split_file: str | os.PathLike | None,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    num_folds: int = 0,
+    fold: int = 0,
+    label_key: str = "label",
+    group_key: str = "group",
+    preset_key: str | None = None,
+    preset_test: Any = "test",
+) -> dict[str, list[dict[str, Any]]]:
+    """Split a classification datalist into train / val / test, stratified by class and grouped.
+
+    Items sharing ``item[group_key]`` (a patient, a video: every frame of it) always land in the same part,
+    so no patient or video is in two parts. Within each class the groups are shuffled with
+    ``numpy.random.default_rng(seed)``; the test part takes ``test_fraction`` of them and validation
+    ``val_fraction`` of the remainder. A held-out part gets at least one group of every class that has two
+    or more, and training always keeps at least one.
+
+    - ``num_folds > 1``: k-fold cross-validation; each class's shuffled groups are dealt round-robin into
+      ``num_folds`` folds, fold ``fold`` is the test part and validation is carved from the others.
+    - ``preset_key``: items whose ``item[preset_key] == preset_test`` form the test part as published (the
+      Kermany chest X-ray ``official_split == "test"``, or ``fold == k`` of the MetaLR authors' POCUS
+      5-fold pickle); everything else is split into train and val.
+
+    The split is written to ``split_file`` (JSON of case ids) and reused when that file exists, so model
+    selection on val and evaluation on test see the same cases run after run.
+
+    Args:
+        datalist: items with ``case_id``, ``label_key`` and (optionally) ``group_key``.
+        split_file: the JSON file to reuse or create; ``None`` computes without storing.
+        val_fraction: share of each class's (non-test) groups for validation.
+        test_fraction: share of each class's groups for test (ignored with ``num_folds`` or ``preset_key``).
+        seed: the shuffling seed.
+        num_folds: number of cross-validation folds (0 or 1: a single split).
+        fold: which fold is the test part, in ``[0, num_folds)``.
+        label_key: the class key.
+        group_key: the grouping key; items without it are their own group.
+        preset_key: the key naming a published split, or ``None``.
+        preset_test: the value of ``item[preset_key]`` that marks a test item.
+
+    Returns:
+        ``{"train", "val", "test"}`` lists of datalist items.
+
+    Raises:
+        ValueError: bad fractions or fold, repeated case ids, a group with two labels, an empty train or val
+            part, or a stored ``split_file`` that does not match the datalist (the message names the file).
+    """
+    val_fraction = _check_fraction("val_fraction", val_fraction)
+    test_fraction = _check_fraction("test_fraction", test_fraction)
+    if num_folds > 1 and not 0 <= fold < num_folds:
+        raise ValueError(f"fold must be in [0, {num_folds}), got {fold}")
+    by_id = {str(item["case_id"]): item for item in datalist}
+    if len(by_id) != len(datalist):
+        repeated = [i for i, n in Counter(str(item["case_id"]) for item in datalist).items() if n > 1]
+        raise ValueError(f"datalist has repeated case ids: {repeated[:10]}")
+    path = Path(split_file).expanduser() if split_file is not None else None
+    if path is not None and path.exists():
+        split, _ = _load_split(path, by_id)
+        logger.info("%s: reusing the stored split", path)
+    else:
+        split = _compute(list(by_id.values()), val_fraction, test_fraction, seed, num_folds, fold, label_key,
+                         group_key, preset_key, preset_test)
+        if not split["train"] or not split["val"]:
+            raise ValueError(
+                f"split_classification: {len(split['train'])} train and {len(split['val'])} val cases from "
+                f"{len(by_id)}; a class needs at least two groups (patients/videos) to give both"
+            )
+        if path is not None:
+            record = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
+                      "num_folds": num_folds, "fold": fold, "preset_key": preset_key, **split}
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return {part: [dict(by_id[i]) for i in ids] for part, ids in split.items()}
+
+
+def _compute(
+    items: list[Mapping[str, Any]],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    num_folds: int,
+    fold: int,
+    label_key: str,
+    group_key: str,
+    preset_key: str | None,
+    preset_test: Any,
+) -> dict[str, list[str]]:
+    rng = np.random.default_rng(seed)
+    is_test = [bool(preset_key) and i.get(preset_key) == preset_test for i in items]
+    fixed_test = [i for i, t in zip(items, is_test) if t]
+    pool = [i for i, t in zip(items, is_test) if not t]
+    part_of: dict[str, str] = {}
+    for groups in _groups_by_class(pool, label_key, group_key).values():
+        order = [groups[k] for k in rng.permutation(len(groups))]
+        if num_folds > 1:
+            test = [g for k, g in enumerate(order) if k % num_folds == fold]
+            rest = [g for k, g in enumerate(order) if k % num_folds != fold]
+        elif preset_key:
+            test, rest = [], order
+        else:
+            n_test = _take(order, test_fraction)
+            test, rest = order[:n_test], order[n_test:]
+        n_val = _take(rest, val_fraction)
+        part_of.update({g: "test" for g in test})
+        part_of.update({g: "val" for g in rest[:n_val]})
+        part_of.update({g: "train" for g in rest[n_val:]})
+    split: dict[str, list[str]] = {"train": [], "val": [], "test": [str(i["case_id"]) for i in fixed_test]}
+    for item in pool:
+        split[part_of[str(item.get(group_key, item["case_id"]))]].append(str(item["case_id"]))
+    return {k: sorted(v, key=_natural_key) for k, v in split.items()}
