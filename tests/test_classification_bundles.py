@@ -1,0 +1,205 @@
+"""BUSI, POCUS and chest X-ray bundles through ``python -m monai.bundle``, on tiny copies of the real layouts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import BUNDLES, REPO, bundle_cli
+from PIL import Image
+
+from monai_metalr.analysis import read_lr_csv
+
+SCHEMA = REPO.parent / "shared" / "monai-schema" / "meta_schema_20240725.json"
+TINY = {
+    "epochs": 1,
+    "iterations_per_epoch": 2,
+    "image_size": "[32,32]",
+    "batch_size": 4,
+    "num_workers": 0,
+    "cache": "none",
+}
+CLASSES = {
+    "busi_classification": ["benign", "malignant", "normal"],
+    "pocus_classification": ["covid", "pneumonia", "regular"],
+    "chestxray_classification": ["NORMAL", "PNEUMONIA"],
+}
+
+
+def _png(path: Path, seed: int, size=(40, 48), mode="L") -> None:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (*size, 3) if mode == "RGB" else size
+    Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(path)
+
+
+def _mp4(path: Path, seed: int, frames: int = 12) -> None:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for _ in range(frames):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def _gif(path: Path, seed: int, frames: int = 6) -> None:
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8), "L") for _ in range(frames)]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=200, loop=0)
+
+
+def make_busi(root: Path) -> Path:
+    base = root / "Dataset_BUSI_with_GT"
+    for c, name in enumerate(CLASSES["busi_classification"]):
+        for n in range(1, 6):
+            _png(base / name / f"{name} ({n}).png", seed=10 * c + n)
+            _png(base / name / f"{name} ({n})_mask.png", seed=99)
+        _png(base / name / f"{name} (1)_mask_1.png", seed=98)  # a multifocal case
+    return base
+
+
+def make_pocus(root: Path) -> Path:
+    data = root / "covid19_ultrasound" / "data"
+    for c, prefix in enumerate(["Cov", "Pneu", "Reg"]):
+        for k in range(3):
+            seed = 10 * c + k
+            if k == 0:
+                _mp4(data / "pocus_videos" / "convex" / f"{prefix}-clip{k}.mp4", seed)
+            elif k == 1:
+                (data / "pocus_videos" / "linear").mkdir(parents=True, exist_ok=True)
+                _gif(data / "pocus_videos" / "linear" / f"{prefix}_loop{k}.gif", seed)
+            else:
+                _png(data / "pocus_images" / "convex" / f"{prefix}-image{k}.png", seed, mode="RGB")
+    return data
+
+
+def make_cxr(root: Path) -> Path:
+    base = root / "chest_xray"
+    for split, count in (("train", 6), ("val", 1), ("test", 2)):
+        for n in range(count):
+            for c, name in enumerate(CLASSES["chestxray_classification"]):
+                stem = f"IM-{100 + n:04d}-0001" if name == "NORMAL" else f"person{n}_bacteria_{n + 10}"
+                path = base / split / name / f"{stem}.jpeg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                rng = np.random.default_rng(100 * c + n + len(split))
+                Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8), "L").save(path, "JPEG")
+    (base / "__MACOSX").mkdir()
+    return base
+
+
+MAKERS = {"busi_classification": make_busi, "pocus_classification": make_pocus,
+          "chestxray_classification": make_cxr}
+
+
+@pytest.fixture(scope="module", params=list(MAKERS))
+def trained(request, tmp_path_factory):
+    bundle = request.param
+    data = MAKERS[bundle](tmp_path_factory.mktemp("data"))
+    out = tmp_path_factory.mktemp("out")
+    bundle_cli(bundle, "run", ["train.json"], tmp_path_factory.mktemp("cwd"), dataset_dir=data, output_dir=out, **TINY)
+    return bundle, data, out
+
+
+def test_train_leaves_checkpoint_split_and_lr_curves(trained):
+    bundle, _, out = trained
+    for name in ("model.pt", "checkpoint_final.pt", "split.json", "metalr_lr.csv", "metalr_lr.png"):
+        assert (out / name).is_file(), name
+    history, groups = read_lr_csv(out / "metalr_lr.csv")
+    assert groups[0] == "stem" and groups[-1] == "head" and len(history["step"]) == 2
+    # the head is held fixed for the first epochs (paper setting): its LR has not moved
+    assert torch.all(history["lr"][:, -1] == history["lr"][0, -1])
+    split = json.loads((out / "split.json").read_text())
+    # whole videos (POCUS: "<probe>/<file>#<frame>") and patients stay in one part
+    sources = {part: {case.split("#")[0] for case in split[part]} for part in ("train", "val", "test")}
+    assert not sources["train"] & sources["val"] and not sources["val"] & sources["test"]
+    assert not sources["train"] & sources["test"]
+
+
+def test_evaluate_writes_metrics_and_confusion_matrix(trained, tmp_path):
+    bundle, data, out = trained
+    bundle_cli(bundle, "run", ["train.json", "evaluate.json"], tmp_path, dataset_dir=data, output_dir=out, **TINY)
+    with open(out / "metrics.csv", newline="") as f:
+        metrics = {row[0]: float(row[1]) for row in csv.reader(f) if row}
+    expected = {"test_accuracy", "test_macro_f1", "test_auc", *(f"test_f1_{c}" for c in CLASSES[bundle])}
+    assert expected <= set(metrics)
+    with open(out / "confusion_matrix.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][1:] == CLASSES[bundle]
+    split = json.loads((out / "split.json").read_text())
+    assert sum(int(v) for row in rows[1:] for v in row[1:]) == len(split["test"])  # the test split, nothing else
+
+
+def test_inference_classifies_images_dicom_and_videos(trained, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    bundle, _, out = trained
+    new = tmp_path / "new_cases"
+    new.mkdir()
+    for name in ("RG1_UNCR.dcm", "US1_UNCR.dcm", "color3d_jpeg_baseline.dcm"):
+        shutil.copy(get_testdata_file(name), new / name)
+    _png(new / "scan.png", seed=5)
+    _mp4(new / "sweep.mp4", seed=6, frames=30)
+    bundle_cli(bundle, "run", ["train.json", "inference.json"], tmp_path, dataset_dir=new, output_dir=out,
+               max_frames=4, **TINY)
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(Path(r["file"]).name for r in rows) == sorted(p.name for p in new.iterdir())
+    for row in rows:
+        probs = [float(row[f"p_{c}"]) for c in CLASSES[bundle]]
+        assert abs(sum(probs) - 1) < 1e-4 and row["predicted_class"] == CLASSES[bundle][int(np.argmax(probs))]
+    frames = {Path(r["file"]).name: int(r["frames"]) for r in rows}
+    assert frames["color3d_jpeg_baseline.dcm"] == 4 and frames["sweep.mp4"] == 4 and frames["scan.png"] == 1
+
+
+@pytest.mark.parametrize("bundle", list(MAKERS))
+def test_metadata_and_network_shapes(bundle, tmp_path):
+    """Both checks raise on failure (schema ValidationError; wrong output shape or dtype)."""
+    from monai.bundle import verify_metadata, verify_net_in_out
+
+    configs = BUNDLES / bundle / "configs"
+    if SCHEMA.is_file():
+        schema = tmp_path / "schema.json"
+        shutil.copy(SCHEMA, schema)  # verify_metadata only downloads when the file is absent
+        verify_metadata(meta_file=str(configs / "metadata.json"), filepath=str(schema))
+    verify_net_in_out("network_def", meta_file=str(configs / "metadata.json"), config_file=str(configs / "train.json"),
+                      device="cpu")
+
+
+def test_busi_multi_gpu_config_under_torchrun(tmp_path):
+    data = make_busi(tmp_path / "data")
+    out = tmp_path / "out"
+    bundle_cli("busi_classification", "run", ["train.json", "multi_gpu_train.json"], tmp_path, nproc=2,
+               dataset_dir=data, output_dir=out, **{**TINY, "image_size": "[64,64]"})
+    history, groups = read_lr_csv(out / "metalr_lr.csv")
+    assert len(history["step"]) == 2 and groups[-1] == "head"
+    assert (out / "model.pt").is_file()
+
+
+def test_pocus_paper_protocol_tests_on_the_chosen_pickle_fold(tmp_path):
+    """`--pickle_path` + `--fold k`: the authors' 5-fold pickle, fold k held out as test, val carved from the rest."""
+    import pickle
+
+    from monai.bundle import ConfigParser
+
+    rng = np.random.default_rng(0)
+    x = [rng.integers(0, 255, (6, 3, 16, 16), dtype=np.uint8) for _ in range(5)]
+    y = [np.array([0, 0, 1, 1, 2, 2]) for _ in range(5)]
+    path = tmp_path / "pocus_data_all.pkl"
+    path.write_bytes(pickle.dumps((x, y)))
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / "pocus_classification" / "configs" / "train.json"))
+    parser.update({"pickle_path": str(path), "fold": 2, "output_dir": str(tmp_path / "out"),
+                   "dataset_dir": str(tmp_path)})
+    split = parser.get_parsed_content("split")
+    assert {item["fold"] for item in split["test"]} == {2} and len(split["test"]) == 6
+    assert all(item["fold"] != 2 for item in split["train"] + split["val"])
+    assert {item["label"] for item in split["val"]} == {0, 1, 2}  # stratified

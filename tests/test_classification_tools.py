@@ -1,0 +1,146 @@
+"""Splits, metrics, the 2D loader and the inference list used by the classification bundles."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+from PIL import Image
+
+from monai_metalr.classification import ConfusionMatrixSaver, PredictionWriter, classification_metrics, f1_scores
+from monai_metalr.data import LoadFramed, classification_inference_list, sample_frame_indices, split_classification
+
+
+def _items(n_groups: dict[int, int], per_group: int = 3) -> list[dict]:
+    out = []
+    for label, groups in n_groups.items():
+        for g in range(groups):
+            for k in range(per_group):
+                out.append({"case_id": f"c{label}-g{g}-{k}", "label": label, "group": f"c{label}-g{g}"})
+    return out
+
+
+def test_split_is_stratified_grouped_seeded_and_stored(tmp_path):
+    items = _items({0: 10, 1: 5})
+    split = split_classification(items, tmp_path / "split.json", val_fraction=0.2, test_fraction=0.2, seed=3)
+    parts = {k: {i["group"] for i in v} for k, v in split.items()}
+    assert not (parts["train"] & parts["val"] or parts["train"] & parts["test"] or parts["val"] & parts["test"])
+    for part, (n0, n1) in {"test": (2, 1), "val": (2, 1)}.items():  # round(0.2 * 10), max(1, round(0.2 * 5))
+        labels = [int(g[1]) for g in parts[part]]
+        assert (labels.count(0), labels.count(1)) == (n0, n1)
+    assert sum(len(v) for v in split.values()) == len(items)
+    again = split_classification(items, None, val_fraction=0.2, test_fraction=0.2, seed=3)
+    stored_ids = json.loads((tmp_path / "split.json").read_text())
+    assert {k: [i["case_id"] for i in v] for k, v in again.items()} == {k: stored_ids[k] for k in again}
+    stored = split_classification(items, tmp_path / "split.json", seed=99)  # the file wins over the seed
+    assert [i["case_id"] for i in stored["test"]] == [i["case_id"] for i in split["test"]]
+    other = split_classification(items, None, seed=4)
+    assert [i["case_id"] for i in other["test"]] != [i["case_id"] for i in split["test"]]
+
+
+def test_kfold_and_preset_test(tmp_path):
+    items = _items({0: 10, 1: 10}, per_group=1)
+    tests = [split_classification(items, None, num_folds=5, fold=k, seed=0)["test"] for k in range(5)]
+    ids = [i["case_id"] for t in tests for i in t]
+    assert sorted(ids) == sorted(i["case_id"] for i in items)  # every item tested exactly once
+    for item in items[:4]:
+        item["official_split"] = "test"
+    split = split_classification(items, None, val_fraction=0.25, preset_key="official_split")
+    assert [i["case_id"] for i in split["test"]] == [i["case_id"] for i in items[:4]]
+    with pytest.raises(ValueError, match="mixes labels"):
+        split_classification([{"case_id": "a", "label": 0, "group": "p"}, {"case_id": "b", "label": 1, "group": "p"}],
+                             None)
+
+
+def test_f1_and_metrics_against_hand_computed_values():
+    # 3 classes, true [0,0,1,1,2,2], predicted [0,1,1,1,2,0]
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    y_hat = torch.tensor([0, 1, 1, 1, 2, 0])
+    cm = torch.zeros(3, 3, dtype=torch.long)
+    for t, p in zip(y, y_hat):
+        cm[t, p] += 1
+    # class 0: tp 1 fp 1 fn 1 -> 0.5; class 1: tp 2 fp 1 fn 0 -> 0.8; class 2: tp 1 fp 0 fn 1 -> 2/3
+    torch.testing.assert_close(f1_scores(cm), torch.tensor([0.5, 0.8, 2 / 3], dtype=torch.float64))
+
+    probs = torch.nn.functional.one_hot(y_hat, 3).float() * 0.7 + 0.1
+    output = [{"pred": p, "label": torch.nn.functional.one_hot(t, 3).float()} for p, t in zip(probs, y)]
+    engine = Engine(lambda e, b: b)
+    for name, metric in classification_metrics(["a", "b", "c"], prefix="val_").items():
+        metric.attach(engine, name)
+    state = engine.run([output], max_epochs=1)
+    assert state.metrics["val_accuracy"] == pytest.approx(4 / 6)
+    assert state.metrics["val_macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    assert state.metrics["val_f1_b"] == pytest.approx(0.8)
+    assert 0.0 <= state.metrics["val_auc"] <= 1.0
+    with pytest.raises(ValueError, match="unknown metric"):
+        classification_metrics(["a", "b"], include=["kappa"])
+
+
+def test_confusion_matrix_and_prediction_csvs(tmp_path):
+    y = [0, 1, 1]
+    probs = [torch.tensor([0.9, 0.1]), torch.tensor([0.6, 0.4]), torch.tensor([0.2, 0.8])]
+    batch = [{"source": "vid.mp4"}, {"source": "vid.mp4"}, {"source": "img.png"}]
+    output = [{"pred": p, "label": torch.nn.functional.one_hot(torch.tensor(t), 2).float()} for p, t in zip(probs, y)]
+
+    engine = Engine(lambda e, b: output)  # like a MONAI evaluator: state.batch and state.output decollated
+    ConfusionMatrixSaver(tmp_path, ["no", "yes"]).attach(engine)
+    PredictionWriter(tmp_path, ["no", "yes"]).attach(engine)
+    engine.run([batch], max_epochs=1)
+    with open(tmp_path / "confusion_matrix.csv", newline="") as f:
+        assert list(csv.reader(f)) == [["true \\ predicted", "no", "yes"], ["no", "1", "0"], ["yes", "1", "1"]]
+    with open(tmp_path / "predictions.csv", newline="") as f:
+        rows = {r["file"]: r for r in csv.DictReader(f)}
+    assert rows["vid.mp4"]["frames"] == "2" and float(rows["vid.mp4"]["p_no"]) == pytest.approx(0.75)
+    assert rows["vid.mp4"]["predicted_class"] == "no" and rows["img.png"]["predicted_class"] == "yes"
+
+
+def test_load_framed_reads_grey_rgb_and_dicom_as_three_channels(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    grey = np.arange(20 * 30, dtype=np.uint8).reshape(20, 30)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "rgb.jpg", quality=100)
+    shutil.copy(get_testdata_file("US1_UNCR.dcm"), tmp_path / "us.dcm")
+    load = LoadFramed("image")
+    g = load({"image": str(tmp_path / "grey.png")})["image"]
+    assert g.shape == (3, 20, 30) and torch.equal(g[0], torch.from_numpy(grey).float())
+    assert g.meta["filename_or_obj"] == str(tmp_path / "grey.png")
+    assert load({"image": str(tmp_path / "rgb.jpg")})["image"].shape == (3, 20, 30)
+    us = load({"image": str(tmp_path / "us.dcm")})["image"]
+    assert us.shape == (3, 480, 640) and 0 <= float(us.min()) and float(us.max()) <= 255
+    assert LoadFramed("image", channels=1)({"image": str(tmp_path / "us.dcm")})["image"].shape == (1, 480, 640)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    with pytest.raises(ValueError, match="broken.png"):
+        load({"image": str(tmp_path / "broken.png")})
+
+
+def test_inference_list_samples_cine_frames_and_skips_masks(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    shutil.copy(get_testdata_file("color3d_jpeg_baseline.dcm"), tmp_path / "echo.dcm")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a_mask.png")
+    (tmp_path / "__MACOSX").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "__MACOSX" / "a.png")
+    items = classification_inference_list(tmp_path, sample_fps=3.0, max_frames=5)
+    echo = [i["frame"] for i in items if i["source"].endswith("echo.dcm")]
+    assert echo == sample_frame_indices(120, 30.0003, 3.0, 5) and len(echo) == 5
+    assert [i["image"] for i in items if i["frame"] == -1] == [str(tmp_path / "a.png")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        classification_inference_list(empty)
+
+
+def test_frame_sampling_rate_and_cap():
+    assert sample_frame_indices(100, 30, 3, None) == list(range(0, 100, 10))
+    capped = sample_frame_indices(100, 30, 3, 4)
+    assert len(capped) == 4 and capped[0] == 0 and capped[-1] == 90  # spread over the clip, not its start
+    assert sample_frame_indices(5, None, 3, 30) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError):
+        sample_frame_indices(0, 30)
