@@ -87,7 +87,8 @@ def make_cxr(root: Path) -> Path:
     for split, count in (("train", 6), ("val", 1), ("test", 2)):
         for n in range(count):
             for c, name in enumerate(CLASSES["chestxray_classification"]):
-                stem = f"IM-{100 + n:04d}-0001" if name == "NORMAL" else f"person{n}_bacteria_{n + 10}"
+                pid = {"train": n, "val": 50 + n, "test": 100 + n}[split]  # distinct patients, as published
+                stem = f"IM-{100 + pid:04d}-0001" if name == "NORMAL" else f"person{pid}_bacteria_{pid + 10}"
                 path = base / split / name / f"{stem}.jpeg"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 rng = np.random.default_rng(100 * c + n + len(split))
@@ -201,5 +202,5 @@ def test_pocus_paper_protocol_tests_on_the_chosen_pickle_fold(tmp_path):
                    "dataset_dir": str(tmp_path)})
     split = parser.get_parsed_content("split")
     assert {item["fold"] for item in split["test"]} == {2} and len(split["test"]) == 6
-    assert all(item["fold"] != 2 for item in split["train"] + split["val"])
-    assert {item["label"] for item in split["val"]} == {0, 1, 2}  # stratified
+    assert {item["fold"] for item in split["val"]} == {3}  # a whole fold: frames of one video never straddle
+    assert {item["fold"] for item in split["train"]} == {0, 1, 4}

@@ -43,7 +43,14 @@ def test_split_is_stratified_grouped_seeded_and_stored(tmp_path):
     assert [i["case_id"] for i in other["test"]] != [i["case_id"] for i in split["test"]]
 
 
-def test_kfold_and_preset_test(tmp_path):
+def test_a_stored_split_for_another_fold_is_an_error(tmp_path):
+    items = _items({0: 10, 1: 10}, per_group=1)
+    split_classification(items, tmp_path / "split.json", num_folds=5, fold=0)
+    with pytest.raises(ValueError, match=r"split\.json.*fold stored 0 vs now 1"):
+        split_classification(items, tmp_path / "split.json", num_folds=5, fold=1)
+
+
+def test_kfold_and_preset_test(tmp_path, caplog):
     items = _items({0: 10, 1: 10}, per_group=1)
     tests = [split_classification(items, None, num_folds=5, fold=k, seed=0)["test"] for k in range(5)]
     ids = [i["case_id"] for t in tests for i in t]
@@ -52,6 +59,10 @@ def test_kfold_and_preset_test(tmp_path):
         item["official_split"] = "test"
     split = split_classification(items, None, val_fraction=0.25, preset_key="official_split")
     assert [i["case_id"] for i in split["test"]] == [i["case_id"] for i in items[:4]]
+    items[5]["group"] = items[0]["group"]  # the same patient in the published test split and in training
+    with caplog.at_level("WARNING", logger="monai_metalr"):
+        split_classification(items, None, preset_key="official_split")
+    assert "preset test split and train/val" in caplog.text
     with pytest.raises(ValueError, match="mixes labels"):
         split_classification([{"case_id": "a", "label": 0, "group": "p"}, {"case_id": "b", "label": 1, "group": "p"}],
                              None)
@@ -127,10 +138,17 @@ def test_inference_list_samples_cine_frames_and_skips_masks(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a_mask.png")
     (tmp_path / "__MACOSX").mkdir()
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "__MACOSX" / "a.png")
+    import pydicom
+
+    report = pydicom.dcmread(get_testdata_file("US1_UNCR.dcm"))
+    del report.PixelData  # like a DICOMDIR or a structured report: valid DICOM, no image
+    report.save_as(tmp_path / "1.2.840.10008.99")  # UID-named, as PACS exports often are
+    shutil.copy(get_testdata_file("US1_UNCR.dcm"), tmp_path / "1.2.840.10008.42")
     items = classification_inference_list(tmp_path, sample_fps=3.0, max_frames=5)
+    assert [i["source"] for i in items if "10008" in i["source"]] == [str(tmp_path / "1.2.840.10008.42")]
     echo = [i["frame"] for i in items if i["source"].endswith("echo.dcm")]
     assert echo == sample_frame_indices(120, 30.0003, 3.0, 5) and len(echo) == 5
-    assert [i["image"] for i in items if i["frame"] == -1] == [str(tmp_path / "a.png")]
+    assert [i["image"] for i in items if i["image"].endswith(".png")] == [str(tmp_path / "a.png")]  # no masks
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="empty"):

@@ -3,6 +3,7 @@ video frames, and the inference datalist that lists them all under a folder."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Hashable, Mapping
 from pathlib import Path
@@ -18,17 +19,19 @@ from .dicom import dicom_frame_info, read_dicom_frame
 from .frames import sample_frame_indices
 from .video import VIDEO_EXTENSIONS, read_video_frames, video_frame_info
 
+logger = logging.getLogger("monai_metalr")
+
 __all__ = ["IMAGE_EXTENSIONS", "LoadFramed", "classification_inference_list", "is_dicom", "read_frame"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def is_dicom(path: str | os.PathLike) -> bool:
-    """``.dcm``/``.dicom`` files, and extension-less files with the ``DICM`` preamble marker."""
+    """``.dcm``/``.dicom`` files, and other files (no ending, or a UID-like one) with the ``DICM`` marker."""
     path = Path(path)
     if path.suffix.lower() in (".dcm", ".dicom"):
         return True
-    if path.suffix:
+    if path.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
         return False
     try:
         with open(path, "rb") as f:
@@ -134,7 +137,14 @@ def classification_inference_list(
         if suffix in IMAGE_EXTENSIONS:
             items.append({"image": str(path), "frame": -1, "source": str(path)})
         elif suffix in VIDEO_EXTENSIONS or is_dicom(path):
-            num_frames, fps = (video_frame_info if suffix in VIDEO_EXTENSIONS else dicom_frame_info)(path)
+            try:
+                num_frames, fps = (video_frame_info if suffix in VIDEO_EXTENSIONS else dicom_frame_info)(path)
+            except ValueError as e:
+                if "no pixel data" not in str(e):
+                    raise
+                # DICOMDIR, structured reports, key-object selections: valid DICOM, nothing to classify
+                logger.warning("%s: DICOM object without pixel data, skipped", path)
+                continue
             frames = sample_frame_indices(num_frames, fps, sample_fps, max_frames) if num_frames > 1 else [-1]
             items += [{"image": str(path), "frame": i, "source": str(path)} for i in frames]
     if not items:

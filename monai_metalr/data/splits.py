@@ -33,6 +33,10 @@ def _groups_by_class(items: Sequence[Mapping[str, Any]], label_key: str, group_k
     return {c: sorted(g, key=_natural_key) for c, g in sorted(by_class.items(), key=lambda kv: str(kv[0]))}
 
 
+def _sorted_ids(items: Sequence[Mapping[str, Any]]) -> list[str]:
+    return sorted((str(i["case_id"]) for i in items), key=_natural_key)
+
+
 def _take(groups: list[str], fraction: float) -> int:
     """How many of a class's groups a held-out part gets: at least one when the class can spare it."""
     if fraction <= 0 or len(groups) < 2:
@@ -52,6 +56,7 @@ def split_classification(
     group_key: str = "group",
     preset_key: str | None = None,
     preset_test: Any = "test",
+    preset_val: Any = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Split a classification datalist into train / val / test, stratified by class and grouped.
 
@@ -82,6 +87,9 @@ def split_classification(
         group_key: the grouping key; items without it are their own group.
         preset_key: the key naming a published split, or ``None``.
         preset_test: the value of ``item[preset_key]`` that marks a test item.
+        preset_val: if given, the value of ``item[preset_key]`` that marks the validation items (e.g. the next
+            fold of the authors' pickle, whose items have no video ids: carving val from frames would put frames
+            of one video in both train and val).
 
     Returns:
         ``{"train", "val", "test"}`` lists of datalist items.
@@ -99,20 +107,27 @@ def split_classification(
         repeated = [i for i, n in Counter(str(item["case_id"]) for item in datalist).items() if n > 1]
         raise ValueError(f"datalist has repeated case ids: {repeated[:10]}")
     path = Path(split_file).expanduser() if split_file is not None else None
+    protocol = {"num_folds": num_folds, "fold": fold, "preset_key": preset_key,
+                "preset_test": preset_test, "preset_val": preset_val}
     if path is not None and path.exists():
         split, _ = _load_split(path, by_id)
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        changed = {k: (stored.get(k), v) for k, v in protocol.items() if k in stored and stored[k] != v}
+        if changed:  # e.g. another --fold into the same output_dir: never evaluate fold 0 under fold k's name
+            detail = ", ".join(f"{k} stored {a!r} vs now {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(f"{path}: the stored split was made for another protocol ({detail}); use one "
+                             "output_dir (or split_file) per fold, or delete the file")
         logger.info("%s: reusing the stored split", path)
     else:
         split = _compute(list(by_id.values()), val_fraction, test_fraction, seed, num_folds, fold, label_key,
-                         group_key, preset_key, preset_test)
+                         group_key, preset_key, preset_test, preset_val)
         if not split["train"] or not split["val"]:
             raise ValueError(
                 f"split_classification: {len(split['train'])} train and {len(split['val'])} val cases from "
                 f"{len(by_id)}; a class needs at least two groups (patients/videos) to give both"
             )
         if path is not None:
-            record = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                      "num_folds": num_folds, "fold": fold, "preset_key": preset_key, **split}
+            record = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction, **protocol, **split}
             with atomic_path(path) as tmp:
                 tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return {part: [dict(by_id[i]) for i in ids] for part, ids in split.items()}
@@ -129,11 +144,21 @@ def _compute(
     group_key: str,
     preset_key: str | None,
     preset_test: Any,
+    preset_val: Any = None,
 ) -> dict[str, list[str]]:
     rng = np.random.default_rng(seed)
     is_test = [bool(preset_key) and i.get(preset_key) == preset_test for i in items]
     fixed_test = [i for i, t in zip(items, is_test) if t]
     pool = [i for i, t in zip(items, is_test) if not t]
+    if preset_key and preset_val is not None:
+        val = [i for i in pool if i.get(preset_key) == preset_val]
+        train = [i for i in pool if i.get(preset_key) != preset_val]
+        return {"train": _sorted_ids(train), "val": _sorted_ids(val), "test": _sorted_ids(fixed_test)}
+    test_groups = {str(i.get(group_key, i["case_id"])) for i in fixed_test}
+    shared = sorted(test_groups & {str(i.get(group_key, i["case_id"])) for i in pool})
+    if shared:  # a published test split cannot be changed, but the user must know
+        logger.warning("groups (patients) in both the preset test split and train/val: %s%s", shared[:10],
+                       " ..." if len(shared) > 10 else "")
     part_of: dict[str, str] = {}
     for groups in _groups_by_class(pool, label_key, group_key).values():
         order = [groups[k] for k in rng.permutation(len(groups))]
