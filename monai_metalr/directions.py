@@ -40,6 +40,9 @@ def _combine_(out: list[Tensor], terms: Sequence[tuple[float, list[Tensor]]]) ->
 class Direction:
     """Base class: computes u for the parameters ``params`` (one flat order, all layer groups)."""
 
+    #: whether :meth:`write_` needs a parameter-sized scratch list (Adam's denominator does)
+    needs_scratch = False
+
     def __init__(self, optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> None:
         self.optimizer = optimizer
         self.params = list(params)
@@ -48,20 +51,30 @@ class Direction:
 
     def _buckets(self) -> dict[tuple, list[int]]:
         """Indices of parameters with a gradient, keyed by what their formula depends on."""
+        group_keys = [self._group_key(group) for group in self.optimizer.param_groups]
+        state = self.optimizer.state
         buckets: dict[tuple, list[int]] = {}
-        for i, p in enumerate(self.params):
+        for i, (p, j) in enumerate(zip(self.params, self.group_index)):
             if p.grad is not None:
-                buckets.setdefault(self._key(i), []).append(i)
+                buckets.setdefault((*group_keys[j], self._state_key(state.get(p))), []).append(i)
         return buckets
 
-    def _key(self, i: int) -> tuple:
+    def _group_key(self, group: dict) -> tuple:
+        """The param group's hyperparameters that the formula depends on."""
         return ()
 
-    def write_(self, out: list[Tensor], scratch: list[Tensor]) -> None:
-        """``out <- u``; ``scratch`` may be overwritten. Parameters without a gradient get ``u = 0``."""
+    def _state_key(self, state: dict | None) -> bool:
+        """Whether the parameter's optimizer state exists yet (the first step has its own formula)."""
+        return False
+
+    def write_(self, out: list[Tensor], scratch: list[Tensor] | None = None) -> None:
+        """``out <- u``; ``scratch`` (required when :attr:`needs_scratch`) may be overwritten.
+        Parameters without a gradient get ``u = 0``."""
+        if self.needs_scratch and scratch is None:
+            raise ValueError(f"{type(self).__name__}.write_ needs a scratch list")
         self._zero_gradless(out)
         for key, idx in self._buckets().items():
-            self._write_bucket(key, idx, [out[i] for i in idx], [scratch[i] for i in idx])
+            self._write_bucket(key, idx, [out[i] for i in idx], [scratch[i] for i in idx] if scratch else [])
 
     def product_(self, v: list[Tensor], scratch: list[Tensor]) -> None:
         """``scratch <- v * u`` element-wise; ``v`` may be overwritten."""
@@ -105,17 +118,17 @@ class SGDDirection(Direction):
     ``u = c_g*g + c_p*theta + c_b*b``, so it is formed in place without any temporary.
     """
 
-    def _key(self, i):
-        group = self.optimizer.param_groups[self.group_index[i]]
-        has_buf = self.optimizer.state.get(self.params[i], {}).get("momentum_buffer") is not None
+    def _group_key(self, group):
         return (
             _scalar(group["weight_decay"]),
             _scalar(group["momentum"]),
             _scalar(group["dampening"]),
             bool(group["nesterov"]),
             bool(group.get("maximize", False)),
-            has_buf,
         )
+
+    def _state_key(self, state):
+        return state is not None and state.get("momentum_buffer") is not None
 
     def _terms(self, key, idx) -> list[tuple[float, list[Tensor]]]:
         wd, mu, damp, nesterov, maximize, has_buf = key
@@ -148,15 +161,15 @@ class AdamDirection(Direction):
     (``max`` with the running maximum under amsgrad), ``bc_k = 1 - b_k**t`` for the coming step t.
     """
 
+    needs_scratch = True
+
     def __init__(self, optimizer, params, decoupled: bool | None = None):
         super().__init__(optimizer, params)
         self.decoupled = decoupled
 
-    def _key(self, i):
-        group = self.optimizer.param_groups[self.group_index[i]]
+    def _group_key(self, group):
         decoupled = self.decoupled if self.decoupled is not None else bool(group.get("decoupled_weight_decay", False))
         beta1, beta2 = (_scalar(b) for b in group["betas"])
-        has_state = "step" in self.optimizer.state.get(self.params[i], {})
         return (
             beta1,
             beta2,
@@ -165,8 +178,10 @@ class AdamDirection(Direction):
             decoupled,
             bool(group.get("amsgrad", False)),
             bool(group.get("maximize", False)),
-            has_state,
         )
+
+    def _state_key(self, state):
+        return state is not None and "step" in state
 
     def _bias_corrections(self, key, idx) -> tuple[Scalars, Scalars]:
         beta1, beta2, *_, has_state = key

@@ -9,8 +9,11 @@ Per optimizer step, after ``loss.backward()`` and before ``optimizer.step()``:
 5. ``alpha_j <- alpha_j * (1 - eta * h_j)`` (or ``alpha_j - eta * h_j``), clamped to ``lr_bounds``;
 6. the caller's ``optimizer.step()`` then uses the new LRs with the same gradient g.
 
-The model's parameters, ``.grad``, buffers and the optimizer state are never written. Two flat
-parameter-sized buffers are kept: the look-ahead weights and the meta gradient (also scratch space).
+The model's parameters, ``.grad``, buffers and the optimizer state are never written. One flat
+parameter-sized buffer is kept, the look-ahead weights; after the meta backward it is reused to form
+``v * u``. The meta gradient v is allocated by autograd as the backward runs, like any gradient, and
+freed at the end of the step. Adam's direction needs a scratch buffer while u is formed; it is freed
+before the meta forward, so it never coexists with the meta batch's activations.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .directions import make_direction
+from .flat import FlatLayout
 from .groups import optimizer_group_names, unwrap_model
 from .stream import MetaBatchStream
 
@@ -47,48 +51,54 @@ def default_prepare_batch(batch: Any, device: torch.device) -> tuple[Tensor, Ten
 
 
 class _History:
-    """Meta-step records kept on the LRs' device in one growing tensor: no host sync per step."""
+    """Meta-step records in one growing float64 tensor on the LRs' device: one row of ``3 + 2G`` numbers
+    per meta step (step, meta loss, skipped, LRs, h), no Python object per step and no host sync."""
 
     def __init__(self, num_groups: int) -> None:
         self.num_groups = num_groups
-        self.steps: list[int] = []
-        self._rows: Tensor | None = None  # [capacity, 2 + 2G]: meta_loss, skipped, lrs, h
+        self.length = 0
+        self._rows: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.length
 
     def append(self, step: int, meta_loss: Tensor, skipped: Tensor, lrs: Tensor, h: Tensor) -> None:
-        n = len(self.steps)
+        n, g = self.length, self.num_groups
         if self._rows is None or self._rows.device != lrs.device:
-            self._rows = torch.empty(64, 2 + 2 * self.num_groups, dtype=torch.float64, device=lrs.device)
-        elif n == self._rows.shape[0]:
+            self._rows = torch.empty(64, 3 + 2 * g, dtype=torch.float64, device=lrs.device)
+        elif n == self._rows.shape[0]:  # doubling: amortised O(1) per step
             grown = torch.empty(2 * n, self._rows.shape[1], dtype=torch.float64, device=lrs.device)
             grown[:n] = self._rows
             self._rows = grown
         row = self._rows[n]
-        row[0] = meta_loss.detach().to(torch.float64)
-        row[1] = skipped.to(torch.float64)
-        row[2 : 2 + self.num_groups] = lrs
-        row[2 + self.num_groups :] = h.to(torch.float64)
-        self.steps.append(step)
+        row[0] = step  # exact in float64 up to 2**53
+        row[1] = meta_loss.detach().to(torch.float64)
+        row[2] = skipped.to(torch.float64)
+        row[3 : 3 + g] = lrs
+        row[3 + g :] = h.to(torch.float64)
+        self.length += 1
 
     def as_dict(self) -> dict[str, Tensor]:
-        n, g = len(self.steps), self.num_groups
-        rows = self._rows[:n].cpu() if self._rows is not None else torch.zeros(0, 2 + 2 * g, dtype=torch.float64)
+        n, g = self.length, self.num_groups
+        rows = self._rows[:n].cpu() if self._rows is not None else torch.zeros(0, 3 + 2 * g, dtype=torch.float64)
         return {
-            "step": torch.tensor(self.steps, dtype=torch.long),
-            "lr": rows[:, 2 : 2 + g].clone(),
-            "hypergrad": rows[:, 2 + g :].clone(),
-            "meta_loss": rows[:, 0].clone(),
-            "skipped": rows[:, 1].bool(),
+            "step": rows[:, 0].long(),
+            "lr": rows[:, 3 : 3 + g].clone(),
+            "hypergrad": rows[:, 3 + g :].clone(),
+            "meta_loss": rows[:, 1].clone(),
+            "skipped": rows[:, 2].bool(),
         }
 
     def load(self, state: Mapping[str, Tensor], device: torch.device) -> None:
-        self.steps = [int(s) for s in state["step"]]
-        n = len(self.steps)
-        self._rows = torch.zeros(max(64, n), 2 + 2 * self.num_groups, dtype=torch.float64, device=device)
+        n, g = len(state["step"]), self.num_groups
+        self._rows = torch.zeros(max(64, n), 3 + 2 * g, dtype=torch.float64, device=device)
         if n:
-            self._rows[:n, 0] = state["meta_loss"]
-            self._rows[:n, 1] = state["skipped"].to(torch.float64)
-            self._rows[:n, 2 : 2 + self.num_groups] = state["lr"]
-            self._rows[:n, 2 + self.num_groups :] = state["hypergrad"]
+            self._rows[:n, 0] = state["step"].to(torch.float64)
+            self._rows[:n, 1] = state["meta_loss"]
+            self._rows[:n, 2] = state["skipped"].to(torch.float64)
+            self._rows[:n, 3 : 3 + g] = state["lr"]
+            self._rows[:n, 3 + g :] = state["hypergrad"]
+        self.length = n
 
 
 class MetaLR:
@@ -179,12 +189,7 @@ class MetaLR:
         self.params: list[Tensor] = list(self.direction.params)
         names = {id(p): n for n, p in self.module.named_parameters()}
         self.param_names = [names[id(p)] for p in self.params]
-        self._segments: list[tuple[int, int]] = []
-        start = 0
-        for g in optimizer.param_groups:
-            n = sum(p.numel() for p in g["params"])
-            self._segments.append((start, start + n))
-            start += n
+        self._layout = FlatLayout([[p.numel() for p in g["params"]] for g in optimizer.param_groups])
         initial = [float(g["lr"]) for g in optimizer.param_groups]
         outside = [(n, lr) for n, lr in zip(self.group_names, initial) if not lo <= lr <= hi]
         if outside:
@@ -196,8 +201,10 @@ class MetaLR:
         self.num_calls = 0  # optimizer steps seen
         self.num_meta_steps = 0
         self._history = _History(len(self.group_names))
-        self._lookahead: Tensor | None = None  # flat theta_hat, also scratch
-        self._meta_grad: Tensor | None = None  # flat v, also holds u before the meta backward
+        self._lookahead: Tensor | None = None  # flat theta_hat; v * u after the meta backward
+        self._la_views: list[Tensor] = []
+        self._leaves: dict[str, Tensor] = {}  # theta_hat views that autograd differentiates
+        self._buffer_copies: dict[str, Tensor] = {}
         self._opt_lrs: Tensor | None = None
         self.set_epoch(0)
 
@@ -245,7 +252,9 @@ class MetaLR:
             ValueError: the state was saved for other layer groups.
         """
         if list(state["group_names"]) != self.group_names:
-            raise ValueError(f"MetaLR state is for groups {list(state['group_names'])}, this run has {self.group_names}")
+            raise ValueError(
+                f"MetaLR state is for groups {list(state['group_names'])}, this run has {self.group_names}"
+            )
         device = self._device()
         self._lrs = state["lrs"].to(device=device, dtype=torch.float64).clone()
         self._skipped = torch.tensor(int(state["num_skipped"]), device=device)
@@ -268,36 +277,54 @@ class MetaLR:
         self.num_calls += 1
         if (self.num_calls - 1) % self.interval:
             return None
-        lookahead, meta_grad = self._buffers()
-        la_views, mg_views = self._views(lookahead), self._views(meta_grad)
-        if self.scaler is not None and getattr(self.scaler, "is_enabled", lambda: True)():
-            try:
-                self.scaler.unscale_(self.optimizer)
-            except RuntimeError as err:  # the caller unscaled already (e.g. to clip gradients): fine
-                if "unscale_() has already been called" not in str(err):
-                    raise
-        lrs = self._lrs.to(lookahead.dtype)
-        with torch.no_grad():
-            self.direction.write_(mg_views, la_views)  # meta_grad <- u (lookahead is scratch here)
-            torch._foreach_copy_(la_views, self.params)
-            for j, (s, e) in enumerate(self._segments):  # theta_hat = theta - alpha_j * u, per group
-                lookahead[s:e].addcmul_(meta_grad[s:e], lrs[j], value=-1.0)
-            meta_grad.zero_()
-        meta_loss, grad_scale = self._meta_backward(la_views, mg_views)
-        with torch.no_grad():
-            self.direction.product_(mg_views, la_views)  # lookahead <- v * u
-            h = -torch.stack([lookahead[s:e].sum() for s, e in self._segments]).to(torch.float64)
+        with torch.profiler.record_function("MetaLR.step"):
+            self._allocate()
+            if self.scaler is not None and getattr(self.scaler, "is_enabled", lambda: True)():
+                try:
+                    self.scaler.unscale_(self.optimizer)
+                except RuntimeError as err:  # the caller unscaled already (e.g. to clip gradients): fine
+                    if "unscale_() has already been called" not in str(err):
+                        raise
+            self._look_ahead()
+            meta_loss, grad_scale = self._meta_backward()
+            h = self._hypergradient()
             if grad_scale is not None:
                 h = h / grad_scale
             h, meta_loss = self._all_reduce(h, meta_loss.detach().to(torch.float64))
             finite = torch.isfinite(h).all() & torch.isfinite(meta_loss)
             self._update_lrs(h, finite)
-        self.num_meta_steps += 1
-        self._history.append(self.num_calls, meta_loss, ~finite, self._lrs, h)
-        self._publish_lrs()
+            self.num_meta_steps += 1
+            self._history.append(self.num_calls, meta_loss, ~finite, self._lrs, h)
+            self._publish_lrs()
         if self._lrs.device.type == "cpu" and not bool(finite):
             return None
         return h
+
+    @torch.no_grad()
+    def _look_ahead(self) -> None:
+        """``lookahead <- theta - alpha_j * u`` for every group, in the flat buffer."""
+        scratch = None
+        if self.direction.needs_scratch:  # transient: freed before the meta forward allocates activations
+            scratch = self._layout.views(torch.empty_like(self._lookahead), self.params)
+        self.direction.write_(self._la_views, scratch)  # lookahead <- u
+        del scratch
+        rows = self._layout.rows(self._lookahead)
+        rows.mul_(self._layout.per_row(-self._lrs.to(rows.dtype)).unsqueeze(1))  # one kernel for all groups
+        torch._foreach_add_(self._la_views, self.params)
+
+    @torch.no_grad()
+    def _hypergradient(self) -> Tensor:
+        """``h_j = -sum_{p in j} <v_p, u_p>`` (float64) from the meta gradients in the leaves' ``.grad``.
+
+        The look-ahead buffer is overwritten with ``v * u`` and the meta gradients are released.
+        """
+        v = []
+        for leaf in self._leaves.values():
+            # a parameter the meta forward did not use has no gradient: v = 0
+            v.append(leaf.grad if leaf.grad is not None else torch.zeros_like(leaf))
+            leaf.grad = None
+        self.direction.product_(v, self._la_views)  # lookahead <- v * u (v is overwritten)
+        return -self._layout.segment_sums(self._lookahead)
 
     def _update_lrs(self, h: Tensor, finite: Tensor) -> None:
         lo, hi = self.lr_bounds
@@ -310,16 +337,17 @@ class MetaLR:
         self._lrs = torch.where(keep, self._lrs, new)
         self._skipped += (~finite).long()
 
-    def _meta_backward(self, la_views: list[Tensor], mg_views: list[Tensor]) -> tuple[Tensor, Tensor | None]:
-        """Forward + backward of the next meta batch at theta_hat; v accumulates into ``mg_views``."""
-        leaves = []
-        for view, grad in zip(la_views, mg_views):
-            leaf = view.detach().requires_grad_(True)
-            leaf.grad = grad  # autograd adds into the flat meta-gradient buffer in place
-            leaves.append(leaf)
-        weights = dict(zip(self.param_names, leaves))
-        # clones take the BatchNorm running-stat updates, so the model's buffers stay untouched
-        buffers = {n: b.clone() for n, b in self.module.named_buffers()}
+    def _meta_backward(self) -> tuple[Tensor, Tensor | None]:
+        """Forward + backward of the next meta batch at theta_hat; v lands in the leaves' ``.grad``."""
+        sources = dict(self.module.named_buffers())
+        if {n: (b.shape, b.dtype, b.device) for n, b in sources.items()} != {
+            n: (b.shape, b.dtype, b.device) for n, b in self._buffer_copies.items()
+        }:
+            self._buffer_copies = {n: b.clone() for n, b in sources.items()}
+        elif sources:
+            # the copies take the BatchNorm running-stat updates, so the model's buffers stay untouched
+            with torch.no_grad():
+                torch._foreach_copy_(list(self._buffer_copies.values()), list(sources.values()))
         batch = next(self.stream)
         prepared = self.prepare_batch(batch, self._device())
         inputs, targets = prepared[0], prepared[1]
@@ -327,7 +355,12 @@ class MetaLR:
         autocast = torch.autocast(**self.autocast_kwargs) if self.autocast_kwargs else contextlib.nullcontext()
         with torch.enable_grad(), autocast:
             pred = torch.func.functional_call(
-                self.module, (weights, buffers), (inputs, *args), kwargs, tie_weights=True, strict=False
+                self.module,
+                (self._leaves, self._buffer_copies),
+                (inputs, *args),
+                kwargs,
+                tie_weights=True,
+                strict=False,
             )
             loss = self.loss_function(pred, targets).mean()
         grad_scale = None
@@ -335,9 +368,7 @@ class MetaLR:
         if self.scaler is not None and getattr(self.scaler, "is_enabled", lambda: True)():
             grad_scale = self.scaler.scale(torch.ones((), device=loss.device, dtype=torch.float32)).to(torch.float64)
             to_backward = self.scaler.scale(loss)
-        torch.autograd.backward(to_backward, inputs=leaves)
-        for leaf in leaves:
-            leaf.grad = None
+        torch.autograd.backward(to_backward, inputs=list(self._leaves.values()))
         # a tensor subclass (MONAI's MetaTensor from a MONAI pipeline) must not leak into the LR state
         return loss.detach().as_subclass(torch.Tensor), grad_scale
 
@@ -355,29 +386,26 @@ class MetaLR:
     def _device(self) -> torch.device:
         return self.params[0].device
 
-    def _buffers(self) -> tuple[Tensor, Tensor]:
+    def _allocate(self) -> None:
+        """Create the look-ahead buffer, its per-parameter views and the meta-forward leaves (once per device)."""
         p0 = self.params[0]
-        if self._lookahead is None or self._lookahead.device != p0.device or self._lookahead.dtype != p0.dtype:
-            odd = [n for n, p in zip(self.param_names, self.params) if (p.device, p.dtype) != (p0.device, p0.dtype)]
-            if odd:
-                raise ValueError(
-                    f"MetaLR needs all trained parameters on one device with one dtype; {odd[:4]} differ from "
-                    f"{p0.device}/{p0.dtype}"
-                )
-            total = self._segments[-1][1]
-            self._lookahead = torch.empty(total, device=p0.device, dtype=p0.dtype)
-            self._meta_grad = torch.empty(total, device=p0.device, dtype=p0.dtype)
-            self._lrs = self._lrs.to(p0.device)
-            self._skipped = self._skipped.to(p0.device)
-            self._fixed = self._fixed.to(p0.device)
-        return self._lookahead, self._meta_grad  # type: ignore[return-value]
-
-    def _views(self, flat: Tensor) -> list[Tensor]:
-        views, start = [], 0
-        for p in self.params:
-            views.append(flat[start : start + p.numel()].view_as(p))
-            start += p.numel()
-        return views
+        if self._lookahead is not None and self._lookahead.device == p0.device and self._lookahead.dtype == p0.dtype:
+            return
+        odd = [n for n, p in zip(self.param_names, self.params) if (p.device, p.dtype) != (p0.device, p0.dtype)]
+        if odd:
+            raise ValueError(
+                f"MetaLR needs all trained parameters on one device with one dtype; {odd[:4]} differ from "
+                f"{p0.device}/{p0.dtype}"
+            )
+        # zeros: the padding between groups is never written through a view and must stay 0
+        self._lookahead = torch.zeros(self._layout.size, device=p0.device, dtype=p0.dtype)
+        self._la_views = self._layout.views(self._lookahead, self.params)
+        # leaves share the buffer's memory: writing theta_hat into the buffer updates what the forward sees
+        self._leaves = {n: view.detach().requires_grad_(True) for n, view in zip(self.param_names, self._la_views)}
+        self._layout = self._layout.to(p0.device)
+        self._lrs = self._lrs.to(p0.device)
+        self._skipped = self._skipped.to(p0.device)
+        self._fixed = self._fixed.to(p0.device)
 
     def _publish_lrs(self) -> None:
         """Write the LRs into ``optimizer.param_groups`` (device tensors where the optimizer takes them)."""
