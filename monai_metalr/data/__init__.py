@@ -20,6 +20,12 @@
   :func:`classification_inference_list`: every image, DICOM file and video under a folder, frames sampled by
   :func:`sample_frame_indices`.
 - :func:`read_dicom_frame` / :func:`dicom_frame_info`, :func:`read_video_frames` / :func:`video_frame_info`.
+
+Bad input: every reader names the file it cannot use and says why (``ValueError``; ``FileNotFoundError`` for a
+missing file). The builders that scan a dataset folder (:func:`lits_datalist`, :func:`lits_inference_list`,
+:func:`busi_datalist`, :func:`chestxray_datalist`, :func:`pocus_datalist`, :func:`classification_inference_list`)
+take ``on_error="raise"`` (default) or ``"skip"``: skip leaves a broken file or case out with a warning on the
+``monai_metalr`` logger and a summary count; layout problems (missing partners, duplicate case ids) always raise.
 """
 
 from __future__ import annotations

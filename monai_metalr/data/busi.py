@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .paths import dataset_root
+from .errors import BROKEN, Skipped
+from .paths import check_image_size, dataset_root
 
-__all__ = ["BUSI_CLASSES", "busi_datalist", "merge_masks"]
+__all__ = ["BUSI_CLASSES", "busi_datalist", "check_image_file", "merge_masks"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,22 +59,28 @@ def _skipped(path: Path) -> bool:
     return path.name.startswith(".") or path.name in _SKIP_DIRS or path.name.lower() in _SKIP_FILES
 
 
-def check_image_file(path: Path, formats: Sequence[str] | None = None) -> None:
+def check_image_file(path: str | os.PathLike, formats: Sequence[str] | None = None) -> tuple[int, int]:
     """Cheap integrity check of an image file, without decoding its pixels.
 
     The file must be non-empty, PIL must identify it and ``Image.verify()`` pass, its format must be one of
-    ``formats``, and a PNG / JPEG must end with its ``IEND`` chunk / end-of-image marker (within the last KiB):
-    a file cut short by an interrupted download or unzip fails later in ``Image.load()``.
+    ``formats``, it must hold one 2D image (not a multi-page stack or an animation; a JPEG with preview frames,
+    PIL's ``MPO``, is fine) of at least :data:`~monai_metalr.data.paths.MIN_IMAGE_SIDE` pixels each way, and a
+    PNG / JPEG must end with its ``IEND`` chunk / end-of-image marker (within the last KiB): a file cut short by an
+    interrupted download or unzip fails later in ``Image.load()``.
 
     Args:
         path: the image file.
         formats: accepted PIL format names (``"PNG"``, ``"JPEG"``, ...); ``None`` accepts any.
 
+    Returns:
+        ``(width, height)`` in pixels, from the header.
+
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is empty, not an image PIL can read, of another format, or truncated; the message
-            names the file.
+        ValueError: the file is empty, not an image PIL can read, of another format, a stack of several images,
+            smaller than 2 x 2 pixels, or truncated; the message names the file.
     """
+    path = Path(path)
     try:
         size = path.stat().st_size
     except FileNotFoundError as e:
@@ -83,12 +90,19 @@ def check_image_file(path: Path, formats: Sequence[str] | None = None) -> None:
     try:
         with Image.open(path) as img:
             fmt = img.format
+            width, height = img.size
+            n_frames = int(getattr(img, "n_frames", 1))  # before verify(), which may close the file
             img.verify()
+    except MemoryError:
+        raise
     except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, struct.error, ...
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
     fmt = "JPEG" if fmt == "MPO" else fmt  # PIL names JPEGs with extra frames (e.g. camera previews) MPO
     if formats is not None and fmt not in formats:
         raise ValueError(f"{path}: a {fmt} file, expected {' or '.join(formats)}")
+    if n_frames > 1 and fmt != "JPEG":
+        raise ValueError(f"{path}: a {fmt} file of {n_frames} frames (a stack or an animation); expected one 2D image")
+    check_image_size(path, height, width)
     marker = _END_MARKERS.get(str(fmt))
     if marker is not None:
         with open(path, "rb") as f:
@@ -96,6 +110,7 @@ def check_image_file(path: Path, formats: Sequence[str] | None = None) -> None:
             tail = f.read()
         if marker[0] not in tail:
             raise ValueError(f"{path}: truncated {fmt} file ({size} bytes, no {marker[1]} at the end)")
+    return width, height
 
 
 def _busi_root(dataset_dir: str | os.PathLike) -> Path:
@@ -110,8 +125,23 @@ def _busi_root(dataset_dir: str | os.PathLike) -> Path:
     return root
 
 
-def _scan_class(folder: Path, class_name: str, require_masks: bool) -> list[tuple[int, str, Path, list[Path]]]:
-    """``[(case number, case id, image, masks), ...]`` of one class folder, checked."""
+def _check_case(image: Path, masks: Sequence[Path]) -> None:
+    """The image and masks of one case are sound PNGs, the masks of the image's size."""
+    size = check_image_file(image, ("PNG",))
+    for mask in masks:
+        mask_size = check_image_file(mask, ("PNG",))
+        if mask_size != size:
+            raise ValueError(
+                f"{mask}: mask of {mask_size[0]} x {mask_size[1]} pixels does not match its image {image} of "
+                f"{size[0]} x {size[1]} (width x height)"
+            )
+
+
+def _scan_class(
+    folder: Path, class_name: str, require_masks: bool, skipped: Skipped
+) -> list[tuple[int, str, Path, list[Path]]]:
+    """``[(case number, case id, image, masks), ...]`` of one class folder, checked; broken cases go to
+    ``skipped`` (which raises with ``on_error="raise"``)."""
     images: dict[int, Path] = {}
     masks: dict[int, list[tuple[int, Path]]] = {}
     for path in sorted(folder.iterdir()):
@@ -156,13 +186,18 @@ def _scan_class(folder: Path, class_name: str, require_masks: bool) -> list[tupl
                 f"{image}: image without a mask (expected {folder / f'{image.stem}_mask.png'}); "
                 "pass require_masks=False for classification without masks"
             )
-        for path in (image, *case_masks):
-            check_image_file(path, ("PNG",))
+        try:
+            _check_case(image, case_masks)
+        except BROKEN as e:
+            skipped.add(f"case {image.stem!r} ({image} and its {len(case_masks)} mask(s))", e)
+            continue
         cases.append((n, image.stem, image, case_masks))
     return cases
 
 
-def busi_datalist(dataset_dir: str | os.PathLike, require_masks: bool = True) -> list[dict[str, Any]]:
+def busi_datalist(
+    dataset_dir: str | os.PathLike, require_masks: bool = True, on_error: str = "raise"
+) -> list[dict[str, Any]]:
     """Find the cases of the BUSI breast ultrasound dataset and check their files.
 
     ``dataset_dir`` is ``Dataset_BUSI_with_GT`` itself or the folder that holds it. Each class folder
@@ -174,13 +209,19 @@ def busi_datalist(dataset_dir: str | os.PathLike, require_masks: bool = True) ->
     is an **error**, not skipped: it is either a misnamed case (whose label would be lost) or a stray file
     (which would silently join the data), and only the user can tell which.
 
-    Every image and mask is checked without decoding its pixels: non-empty, a PNG that PIL identifies and
-    ``verify()`` accepts, and not cut short (its ``IEND`` chunk at the end).
+    Every image and mask is checked without decoding its pixels (:func:`check_image_file`): non-empty, a single
+    PNG image of at least 2 x 2 pixels that PIL identifies and ``verify()`` accepts, not cut short (its ``IEND``
+    chunk at the end), and each mask of its image's size. Mask values are not read here: :func:`merge_masks` counts
+    every non-zero pixel as lesion.
 
     Args:
         dataset_dir: ``Dataset_BUSI_with_GT`` or its parent folder.
         require_masks: an image without any mask is an error (the release has a mask for every image, an empty
             one for ``normal`` cases); ``False`` accepts it with ``"masks": []``, for classification only.
+        on_error: ``"raise"`` (default): a broken image or mask raises. ``"skip"``: the case (image and masks) is
+            left out with a warning on the ``monai_metalr`` logger naming the file and the reason, and a summary
+            count at the end. Layout errors (missing folders, misnamed files, a mask without its image or an image
+            without a mask, duplicate case numbers) raise in both modes.
 
     Returns:
         ``[{"image": absolute path, "masks": [absolute paths], "label": class index, "class_name": "benign",
@@ -191,16 +232,20 @@ def busi_datalist(dataset_dir: str | os.PathLike, require_masks: bool = True) ->
         FileNotFoundError: ``dataset_dir`` or a class folder is missing.
         ValueError: ``dataset_dir`` is not a folder; a class folder has no images; a mask has no image (or, with
             ``require_masks``, an image no mask); an image file does not follow the naming scheme or belongs to
-            another class; a case number occurs twice; an image or mask is empty, not a readable PNG or truncated.
-            Each message names the file or folder.
+            another class; a case number occurs twice; an image or mask is empty, not a readable single PNG image,
+            smaller than 2 x 2 pixels or truncated, or a mask differs in size from its image (with
+            ``on_error="skip"``: only when every case is broken); a bad ``on_error``. Each message names the file
+            or folder.
     """
+    skipped = Skipped(on_error, dataset_dir, "case")
     root = _busi_root(dataset_dir)
+    skipped.root = root
     items: list[dict[str, Any]] = []
     for label, class_name in enumerate(BUSI_CLASSES):
         folder = root / class_name
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: BUSI class folder missing (expected {', '.join(BUSI_CLASSES)})")
-        for _, case_id, image, masks in _scan_class(folder, class_name, require_masks):
+        for _, case_id, image, masks in _scan_class(folder, class_name, require_masks, skipped):
             items.append(
                 {
                     "image": str(image),
@@ -210,6 +255,9 @@ def busi_datalist(dataset_dir: str | os.PathLike, require_masks: bool = True) ->
                     "case_id": case_id,
                 }
             )
+    skipped.report(len(items) + len(skipped))
+    if not items:
+        raise skipped.nothing_left(len(skipped))
     return items
 
 

@@ -26,6 +26,10 @@ from monai.utils import PostFix
 __all__ = ["CheckSegmentationd", "LoadVolumed"]
 
 
+# NIfTI datatype codes of complex voxels: COMPLEX64, COMPLEX128, COMPLEX256
+_COMPLEX_NIFTI = frozenset({32, 1792, 2048})
+
+
 def _names(filename: Any) -> str:
     if isinstance(filename, (str, os.PathLike)):
         return os.fspath(filename)
@@ -43,13 +47,21 @@ class _NamedErrors:
 
     def __call__(self, filename: Any, reader: Any = None) -> Any:
         try:
-            return self.loader(filename, reader)
+            out = self.loader(filename, reader)
         except MemoryError:
             raise  # not the file's fault
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{_names(filename)}: file not found ({e})") from e
         except Exception as e:
             raise ValueError(f"{_names(filename)}: cannot be read as a NIfTI volume: {type(e).__name__}: {e}") from e
+        meta = out.meta if isinstance(out, MetaTensor) else out[1] if isinstance(out, tuple) and len(out) > 1 else None
+        code = meta.get("datatype") if isinstance(meta, Mapping) else None
+        if code is not None and int(code) in _COMPLEX_NIFTI:
+            # numpy casts complex voxels to the (float) dtype asked for, dropping the imaginary part with a warning
+            raise ValueError(
+                f"{_names(filename)}: complex voxels (NIfTI datatype {int(code)}) cannot be loaded as real values"
+            )
+        return out
 
     def __getattr__(self, name: str) -> Any:
         if name == "loader":  # not yet set (unpickling in a DataLoader worker): avoid recursing
@@ -63,7 +75,8 @@ class LoadVolumed(LoadImaged):
     Takes exactly ``LoadImaged``'s arguments and returns the same data. Any exception while reading a key's
     file (damaged or truncated ``.nii.gz``, empty file, a non-NIfTI file renamed ``.nii.gz``, ...) is re-raised as
     ``ValueError("<file>: cannot be read as a NIfTI volume: <reason>")``, a missing file as
-    ``FileNotFoundError("<file>: file not found (...)")``, chained to the original exception.
+    ``FileNotFoundError("<file>: file not found (...)")``, chained to the original exception. A NIfTI file of
+    complex voxels, which numpy would silently cast to their real part, raises ``ValueError`` too.
 
     Example (bundle config)::
 
@@ -99,9 +112,12 @@ class CheckSegmentationd(MapTransform):
     Place it right after ``LoadImaged`` (or :class:`LoadVolumed`) and ``EnsureChannelFirstd``. The first key is
     the image, further keys are its segmentations. It checks that
 
+    - the image is ``[channels, *spatial]`` with ``spatial_dims`` spatial dimensions (a 2D image where a 3D volume
+      is expected fails here, not deep inside a 3D network), has voxels, and its affine, if any, is finite;
     - the image voxels are all finite (no NaN / inf);
-    - each segmentation has the image's spatial shape (``shape[1:]``) and affine (``torch.allclose`` with
-      ``atol``, from ``MetaTensor.affine`` or the ``<key>_meta_dict["affine"]`` of plain arrays);
+    - each segmentation has one channel, and the image's spatial shape (``shape[1:]``) and affine
+      (``torch.allclose`` with ``atol``, from ``MetaTensor.affine`` or the ``<key>_meta_dict["affine"]`` of plain
+      arrays);
     - each segmentation holds only ``allowed_labels``, e.g. ``"label values {3, 7} outside {0, 1, 2}"``.
 
     A missing segmentation key is skipped, so the same transform serves inference pipelines (image only:
@@ -116,9 +132,13 @@ class CheckSegmentationd(MapTransform):
         atol: absolute tolerance of the affine comparison; ``None`` skips it.
         meta_key_postfix: where to find the metadata of non-``MetaTensor`` data (``<key>_<postfix>``).
         allow_missing_keys: don't raise if the image key is missing.
+        spatial_dims: the number of spatial dimensions the image must have (3 for CT volumes); ``None`` skips
+            the check.
 
     Raises:
-        ValueError: on a non-finite image voxel, a shape or affine mismatch, or an unexpected label value.
+        ValueError: an image with another number of spatial dimensions, no voxels or a non-finite affine; a
+            non-finite image voxel; a segmentation with more than one channel, or a shape or affine mismatch; an
+            unexpected label value.
     """
 
     def __init__(
@@ -128,8 +148,12 @@ class CheckSegmentationd(MapTransform):
         atol: float | None = 1e-3,
         meta_key_postfix: str = PostFix.meta(),
         allow_missing_keys: bool = False,
+        spatial_dims: int | None = 3,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if spatial_dims is not None and int(spatial_dims) < 1:
+            raise ValueError(f"spatial_dims must be >= 1 or None, got {spatial_dims}")
+        self.spatial_dims = None if spatial_dims is None else int(spatial_dims)
         if not self.keys:
             raise ValueError("CheckSegmentationd needs at least the image key")
         if not allowed_labels:
@@ -159,6 +183,23 @@ class CheckSegmentationd(MapTransform):
         affine = value.affine if isinstance(value, MetaTensor) else self._meta(data, key).get("affine")
         return None if affine is None else torch.as_tensor(affine, dtype=torch.float64, device="cpu")
 
+    def _check_image_geometry(self, data: Mapping[Hashable, Any]) -> None:
+        image = data[self.image_key]
+        shape = tuple(image.shape)
+        if self.spatial_dims is not None and len(shape) != self.spatial_dims + 1:
+            raise ValueError(
+                f"{self._name(data, self.image_key)}: image of shape {shape} has {len(shape) - 1} spatial "
+                f"dimension(s) after the channel, expected {self.spatial_dims} ([channels, "
+                f"{', '.join('spatial' for _ in range(self.spatial_dims))}])"
+            )
+        if 0 in shape:
+            raise ValueError(f"{self._name(data, self.image_key)}: image of shape {shape} has no voxels")
+        affine = self._affine(data, self.image_key)
+        if affine is not None and not bool(torch.isfinite(affine).all()):
+            raise ValueError(
+                f"{self._name(data, self.image_key)}: image affine has non-finite values:\n{affine.numpy()}"
+            )
+
     def _check_finite(self, data: Mapping[Hashable, Any]) -> None:
         image = _plain(data[self.image_key])
         if not (image.is_floating_point() or image.is_complex()):
@@ -171,12 +212,16 @@ class CheckSegmentationd(MapTransform):
         n_inf = int(torch.isinf(image).sum())
         if n_nan or n_inf:
             raise ValueError(
-                f"{self._name(data, self.image_key)}: image has {n_nan} NaN and {n_inf} inf voxels "
-                f"(of {image.numel()})"
+                f"{self._name(data, self.image_key)}: image has {n_nan} NaN and {n_inf} inf voxels (of {image.numel()})"
             )
 
     def _check_label(self, data: Mapping[Hashable, Any], key: Hashable) -> None:
         image, label = data[self.image_key], data[key]
+        if len(label.shape) >= 1 and label.shape[0] != 1:
+            raise ValueError(
+                f"{self._name(data, key)}: label of shape {tuple(label.shape)} has {label.shape[0]} channels, "
+                "expected 1 (one integer-coded segmentation)"
+            )
         if tuple(image.shape[1:]) != tuple(label.shape[1:]):
             raise ValueError(
                 f"{self._name(data, key)}: label spatial shape {tuple(label.shape[1:])} does not match image "
@@ -184,8 +229,10 @@ class CheckSegmentationd(MapTransform):
             )
         if self.atol is not None:
             a_img, a_lab = self._affine(data, self.image_key), self._affine(data, key)
-            if a_img is not None and a_lab is not None and not (
-                a_img.shape == a_lab.shape and torch.allclose(a_img, a_lab, atol=self.atol)
+            if (
+                a_img is not None
+                and a_lab is not None
+                and not (a_img.shape == a_lab.shape and torch.allclose(a_img, a_lab, atol=self.atol))
             ):
                 raise ValueError(
                     f"{self._name(data, key)}: label affine does not match image {self._name(data, self.image_key)} "
@@ -219,6 +266,7 @@ class CheckSegmentationd(MapTransform):
             if self.allow_missing_keys:
                 return d
             raise KeyError(f"CheckSegmentationd: key {self.image_key!r} not in the data ({list(d)})")
+        self._check_image_geometry(d)
         self._check_finite(d)
         for key in self.label_keys:
             if key in d:

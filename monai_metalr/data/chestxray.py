@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .busi import _DATA_SUFFIXES, _natural_key, _skipped, check_image_file
+from .errors import BROKEN, Skipped
 from .paths import dataset_root
 
 __all__ = ["CXR_CLASSES", "CXR_SPLITS", "chestxray_datalist"]
@@ -81,8 +82,9 @@ def _cxr_root(dataset_dir: str | os.PathLike) -> Path:
     )
 
 
-def _class_images(folder: Path) -> list[Path]:
-    """The images of one class folder, checked, sorted naturally by name."""
+def _class_images(folder: Path, skipped: Skipped) -> list[Path]:
+    """The images of one class folder, checked, sorted naturally by name; broken ones go to ``skipped`` (which
+    raises with ``on_error="raise"``)."""
     images = []
     for path in folder.iterdir():
         if _skipped(path):
@@ -98,9 +100,20 @@ def _class_images(folder: Path) -> list[Path]:
     if not images:
         raise ValueError(f"{folder}: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) in the class folder")
     images.sort(key=lambda p: _natural_key(p.name))
+    by_stem: dict[str, Path] = {}
     for path in images:
-        check_image_file(path, ("JPEG", "PNG"))
-    return images
+        if path.stem in by_stem:  # the case id is the stem: x.jpeg and x.png would be one case
+            raise ValueError(f"duplicate image for case {path.stem!r} in {folder}: {by_stem[path.stem]} and {path}")
+        by_stem[path.stem] = path
+    checked = []
+    for path in images:
+        try:
+            check_image_file(path, ("JPEG", "PNG"))
+        except BROKEN as e:
+            skipped.add(str(path), e)
+            continue
+        checked.append(path)
+    return checked
 
 
 def _check_split_folder(folder: Path) -> None:
@@ -116,7 +129,7 @@ def _check_split_folder(folder: Path) -> None:
             raise FileNotFoundError(f"{folder / class_name}: class folder missing")
 
 
-def chestxray_datalist(dataset_dir: str | os.PathLike) -> list[dict[str, Any]]:
+def chestxray_datalist(dataset_dir: str | os.PathLike, on_error: str = "raise") -> list[dict[str, Any]]:
     """Find the images of the Kermany chest X-ray dataset, with their official split and patient id.
 
     ``dataset_dir`` is ``chest_xray``, the folder that holds it, or the nested ``chest_xray/chest_xray``. Of
@@ -126,8 +139,9 @@ def chestxray_datalist(dataset_dir: str | os.PathLike) -> list[dict[str, Any]]:
     Each split folder holds ``NORMAL/`` and ``PNEUMONIA/`` with ``*.jpeg`` (also ``.jpg``, ``.png``) images.
     ``__MACOSX``, hidden and macOS ``._*`` files, ``Thumbs.db`` and non-image files are ignored.
 
-    Every image is checked without decoding its pixels: non-empty, a JPEG or PNG that PIL identifies and
-    ``verify()`` accepts, and not cut short (its end-of-image marker / ``IEND`` chunk at the end).
+    Every image is checked without decoding its pixels (:func:`~monai_metalr.data.busi.check_image_file`):
+    non-empty, a single JPEG or PNG image of at least 2 x 2 pixels that PIL identifies and ``verify()`` accepts, and
+    not cut short (its end-of-image marker / ``IEND`` chunk at the end).
 
     The patient id (``"group"``) comes from the file name: ``person1_bacteria_1`` and ``person1_virus_7`` ->
     ``"person1"``; ``IM-0115-0001`` -> ``"IM-0115"``; ``NORMAL2-IM-1427-0001`` -> ``"NORMAL2-IM-1427"``; any other
@@ -135,6 +149,9 @@ def chestxray_datalist(dataset_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
     Args:
         dataset_dir: ``chest_xray`` or a folder that holds it (see above).
+        on_error: ``"raise"`` (default): a broken image raises. ``"skip"``: it is left out with a warning on the
+            ``monai_metalr`` logger naming the file and the reason, and a summary count at the end. Layout errors
+            (missing or unknown folders, loose or unexpected files, two images with one case id) raise in both modes.
 
     Returns:
         ``[{"image": absolute path, "label": class index, "class_name": "NORMAL" | "PNEUMONIA",
@@ -145,10 +162,14 @@ def chestxray_datalist(dataset_dir: str | os.PathLike) -> list[dict[str, Any]]:
     Raises:
         FileNotFoundError: ``dataset_dir``, a split folder (``train/`` or ``test/``) or a class folder is missing.
         ValueError: ``dataset_dir`` is not a folder; a split folder holds an unknown class folder or a loose image;
-            a class folder holds no images or an image of another type (``.bmp``, ``.dcm``, ...); an image is empty,
-            not a readable JPEG / PNG, or truncated. Each message names the file or folder.
+            a class folder holds no images or an image of another type (``.bmp``, ``.dcm``, ...); two images of a
+            class folder share a file stem (``x.jpeg`` and ``x.png``: one case id); an image is empty, not a
+            readable single JPEG / PNG image, smaller than 2 x 2 pixels, or truncated (with ``on_error="skip"``:
+            only when every image is broken); a bad ``on_error``. Each message names the file or folder.
     """
+    skipped = Skipped(on_error, dataset_dir, "image")
     root = _cxr_root(dataset_dir)
+    skipped.root = root
     items: list[dict[str, Any]] = []
     for split in CXR_SPLITS:
         split_dir = root / split
@@ -156,7 +177,7 @@ def chestxray_datalist(dataset_dir: str | os.PathLike) -> list[dict[str, Any]]:
             continue  # only val/, which _cxr_root allows to be absent
         _check_split_folder(split_dir)
         for label, class_name in enumerate(CXR_CLASSES):
-            for path in _class_images(split_dir / class_name):
+            for path in _class_images(split_dir / class_name, skipped):
                 items.append(
                     {
                         "image": str(path),
@@ -168,4 +189,7 @@ def chestxray_datalist(dataset_dir: str | os.PathLike) -> list[dict[str, Any]]:
                         "case_id": f"{split}/{class_name}/{path.stem}",
                     }
                 )
+    skipped.report(len(items) + len(skipped))
+    if not items:
+        raise skipped.nothing_left(len(skipped))
     return items

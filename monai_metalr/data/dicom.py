@@ -85,7 +85,8 @@ def _read_header(path: Path) -> Dataset:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: empty, not DICOM, truncated, no pixel data, or pixel data shorter than the image needs.
+        ValueError: empty, not DICOM, truncated, no pixel data, no valid Rows / Columns, or pixel data shorter than
+            the image needs.
     """
     pydicom = _pydicom()
     if not path.exists():
@@ -112,11 +113,19 @@ def _read_header(path: Path) -> Dataset:
         if "end of file" in message.lower():
             raise ValueError(f"{path}: truncated ({size} bytes): {message}")
         warnings.warn(f"{path}: {message}", w.category, stacklevel=3)
+    short = _cut_short(ds, size)
+    if short:
+        raise ValueError(f"{path}: truncated ({size} bytes): {short}")
     tag = next((t for t in _PIXEL_TAGS if t in ds), None)
     if tag is None:
         raise ValueError(f"{path}: no pixel data (no (7FE0,0010) Pixel Data element): not an image, or truncated")
     if "TransferSyntaxUID" not in ds.file_meta:
         raise ValueError(f"{path}: no (0002,0010) Transfer Syntax UID in the file meta information")
+    rows, columns = _positive_int(ds.get("Rows")), _positive_int(ds.get("Columns"))
+    if rows is None or columns is None:
+        raise ValueError(
+            f"{path}: invalid image size: Rows {ds.get('Rows')!r}, Columns {ds.get('Columns')!r} (must be >= 1)"
+        )
     elem = ds.get_item(tag, keep_deferred=True)
     undefined = getattr(elem, "is_undefined_length", False) or getattr(elem, "length", None) == _UNDEFINED_LENGTH
     tsyntax = ds.file_meta.TransferSyntaxUID
@@ -144,6 +153,48 @@ def _read_header(path: Path) -> Dataset:
                     f"{ds.get('SamplesPerPixel', 1)} samples, {ds.get('BitsAllocated')} bits)"
                 )
     return ds
+
+
+def _cut_short(ds: Dataset, size: int) -> str | None:
+    """Why a file of ``size`` bytes is shorter than its own structure says, or ``None``.
+
+    pydicom neither warns nor raises when a file ends inside the file meta information or inside a (non-sequence)
+    element: it keeps the bytes that are there (and drops an element header cut short), so a cut file looks like one
+    without pixel data. Lengths give the cut away: the File Meta Information Group Length, and the value length of
+    the last element read compared with the file size. A file with pixel data is left to the callers, which check
+    the pixel data against the image size. A file cut exactly between two elements cannot be told from a complete
+    one without pixel data.
+    """
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    meta_length = ds.file_meta.get("FileMetaInformationGroupLength")
+    if getattr(ds, "preamble", None) is not None and isinstance(meta_length, int):
+        meta_end = 128 + 4 + 12 + meta_length  # preamble, "DICM", the group length element, the group
+        if meta_end > size:
+            return f"the file meta information ends at byte {meta_end}"
+    if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:  # offsets into the inflated stream
+        return None
+    tags = list(ds.keys())
+    if not tags or any(t in ds for t in _PIXEL_TAGS):
+        return None
+    last = ds.get_item(tags[-1], keep_deferred=True)
+    value_tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
+    if value_tell is None or length is None or length == _UNDEFINED_LENGTH:
+        return None
+    end = value_tell + length
+    if end > size:
+        return f"element {last.tag} ends at byte {end}"
+    if 0 < size - end < 12:  # fewer bytes than an element header (tag, VR, length) left over: cut inside one
+        return f"{size - end} byte(s) after element {last.tag}, the start of an element cut short"
+    return None
+
+
+def _positive_int(value: Any) -> int | None:
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        return None
+    return value if value >= 1 else None
 
 
 def _nr_frames(ds: Dataset) -> int:
@@ -201,8 +252,8 @@ def dicom_frame_info(path: str | os.PathLike) -> tuple[int, float | None]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is empty, not DICOM, truncated, has no pixel data, or less pixel data than its header
-            describes. Each message names the file.
+        ValueError: the file is empty, not DICOM, truncated, has no pixel data, no valid Rows / Columns (missing or
+            0), or less pixel data than its header describes. Each message names the file.
     """
     path = Path(path)
     ds = _read_header(path)
@@ -323,8 +374,9 @@ def read_dicom_frame(path: str | os.PathLike, index: int = 0) -> np.ndarray:
         IndexError: ``index`` is outside ``[0, number of frames)``.
         RuntimeError: the pixel data are compressed and no decoder for the transfer syntax is installed (the
             message says which package to install) or pydicom has none.
-        ValueError: the file is empty, not DICOM, truncated, has no (or too little) pixel data, cannot be decoded,
-            or has a photometric interpretation that is not supported. Each message names the file.
+        ValueError: the file is empty, not DICOM, truncated, has no (or too little) pixel data or no valid Rows /
+            Columns, cannot be decoded, has NaN or infinite (float) pixel values, or has a photometric
+            interpretation that is not supported. Each message names the file.
     """
     from pydicom.pixels import apply_color_lut, apply_modality_lut
 
@@ -334,6 +386,10 @@ def read_dicom_frame(path: str | os.PathLike, index: int = 0) -> np.ndarray:
     if not 0 <= index < n_frames:
         raise IndexError(f"{path}: frame index {index} out of range, the file has {n_frames} frame(s)")
     arr = _decode(path, ds, index)
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():  # Float / Double Float Pixel Data
+        raise ValueError(
+            f"{path}: frame {index} has {int((~np.isfinite(arr)).sum())} NaN or infinite pixel values (of {arr.size})"
+        )
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     samples = int(ds.get("SamplesPerPixel", 1))
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))

@@ -31,6 +31,7 @@ import nibabel as nib
 import numpy as np
 
 from ..io import atomic_path
+from .errors import BROKEN, Skipped
 from .paths import dataset_root
 
 __all__ = ["LITS_LABELS", "lits_datalist", "lits_inference_list", "split_cases"]
@@ -118,8 +119,34 @@ def _check_gzip_size(path: Path, expected: int) -> None:
         raise ValueError(f"{path}: truncated: decompresses to {total} bytes, the NIfTI header needs {expected}")
 
 
+def _check_volume(path: Path, img: nib.Nifti1Image, shape: tuple[int, ...]) -> None:
+    """A single 3D volume of real numbers with a usable affine, from the header alone."""
+    dtype = img.header.get_data_dtype()
+    if dtype.kind not in "iuf":  # complex, RGB (structured) ...
+        raise ValueError(f"{path}: voxel type {dtype} is not supported; expected integer or float voxels")
+    if len(shape) < 3:
+        raise ValueError(f"{path}: a {len(shape)}D image of shape {shape}; expected a 3D volume")
+    if math.prod(shape[3:]) != 1:
+        raise ValueError(
+            f"{path}: a {len(shape)}D image of shape {shape} ({math.prod(shape[3:])} volumes); expected one 3D volume"
+        )
+    if min(shape[:3]) < 2:
+        raise ValueError(
+            f"{path}: shape {shape[:3]} is not a 3D volume (fewer than 2 voxels along an axis; "
+            f"{'an empty image' if min(shape[:3]) == 0 else 'a single slice'})"
+        )
+    affine = np.asarray(img.affine, dtype=np.float64)
+    finite = bool(np.isfinite(affine).all())
+    if not finite or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ValueError(
+            f"{path}: invalid affine in the header ({'singular' if finite else 'non-finite values'}):\n"
+            f"{np.array2string(affine, precision=4)}"
+        )
+
+
 def _read_header(path: Path) -> nib.Nifti1Image:
-    """``nibabel.load`` (header only) with errors that name the file; also detects truncated files."""
+    """``nibabel.load`` (header only) with errors that name the file; also detects truncated files and images that
+    are not one 3D volume (see :func:`_check_volume`)."""
     try:
         img = nib.load(str(path))
     except FileNotFoundError as e:  # e.g. a dangling symlink
@@ -128,6 +155,7 @@ def _read_header(path: Path) -> nib.Nifti1Image:
         raise ValueError(f"{path}: cannot read the NIfTI header ({type(e).__name__}: {e})") from e
     header = img.header
     shape = tuple(int(s) for s in header.get_data_shape())
+    _check_volume(path, img, shape)
     nbytes = math.prod(shape) * header.get_data_dtype().itemsize
     offset = int(getattr(img.dataobj, "offset", header.get_data_offset()))
     expected = offset + nbytes
@@ -284,7 +312,9 @@ def _training_pairs(root: Path) -> list[tuple[str, Path, Path]]:
 # public API
 
 
-def lits_datalist(dataset_dir: str | os.PathLike, affine_atol: float | None = 1e-3) -> list[dict[str, str]]:
+def lits_datalist(
+    dataset_dir: str | os.PathLike, affine_atol: float | None = 1e-3, on_error: str = "raise"
+) -> list[dict[str, str]]:
     """Find the labelled cases of a LiTS or MSD Task03_Liver dataset and check their NIfTI headers.
 
     The layout is detected automatically: MSD if ``dataset_dir`` holds ``dataset.json`` (its ``"training"`` list)
@@ -295,11 +325,19 @@ def lits_datalist(dataset_dir: str | os.PathLike, affine_atol: float | None = 1e
 
     Only headers are read (fast, also for the 131 LiTS cases): each file must have a readable header and hold
     all the bytes it declares (for ``.nii.gz`` judged from the gzip trailer, decompressing only when that
-    disagrees), and image and label must have the same shape and affine.
+    disagrees), be one 3D volume (at least 2 voxels along each axis; a 4th dimension only of size 1) of integer or
+    float voxels with a finite, non-singular affine, and image and label must have the same shape and affine.
+    Voxel values (NaN, label values) are not read here: :class:`~monai_metalr.data.CheckSegmentationd` checks them
+    when a case is loaded.
 
     Args:
         dataset_dir: root folder of the dataset.
         affine_atol: absolute tolerance of the image/label affine comparison (``np.allclose``); ``None`` skips it.
+        on_error: ``"raise"`` (default): a broken file raises. ``"skip"``: a case with a broken image or label
+            (unreadable, empty, truncated, not one 3D volume, bad affine, image/label shape or affine mismatch) is
+            left out, image and label together, with a warning on the ``monai_metalr`` logger naming the file and
+            the reason, and a summary count at the end. Layout errors (missing folders or partner files, duplicate
+            case ids) raise in both modes.
 
     Returns:
         ``[{"image": absolute path, "label": absolute path, "case_id": id}, ...]`` sorted naturally by case id
@@ -308,20 +346,33 @@ def lits_datalist(dataset_dir: str | os.PathLike, affine_atol: float | None = 1e
     Raises:
         FileNotFoundError: ``dataset_dir``, ``labelsTr/`` or a file listed in ``dataset.json`` is missing.
         ValueError: ``dataset_dir`` is not a folder; no cases were found; a volume has no segmentation or a
-            segmentation no volume; a case id occurs twice; a header is unreadable or a file truncated; image and
-            label differ in shape or affine. Each message names the file or folder.
+            segmentation no volume; a case id occurs twice; a header is unreadable or a file truncated; a file is
+            not one 3D volume or has an invalid affine; image and label differ in shape or affine (with
+            ``on_error="skip"``: only when every case is broken); a bad ``on_error``. Each message names the file
+            or folder.
     """
+    skipped = Skipped(on_error, dataset_dir, "case")
     root = _root(dataset_dir)
+    skipped.root = root
     pairs = _training_pairs(root)
     if not pairs:
         raise _no_cases(root, "labelled cases")
     pairs.sort(key=lambda p: _natural_key(p[0]))
-    for _, image, label in pairs:
-        _check_pair(image, label, affine_atol)
-    return [{"image": str(image), "label": str(label), "case_id": case_id} for case_id, image, label in pairs]
+    items = []
+    for case_id, image, label in pairs:
+        try:
+            _check_pair(image, label, affine_atol)
+        except BROKEN as e:
+            skipped.add(f"case {case_id!r} ({image} and {label})", e)
+            continue
+        items.append({"image": str(image), "label": str(label), "case_id": case_id})
+    skipped.report(len(pairs))
+    if not items:
+        raise skipped.nothing_left(len(pairs))
+    return items
 
 
-def lits_inference_list(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
+def lits_inference_list(dataset_dir: str | os.PathLike, on_error: str = "raise") -> list[dict[str, str]]:
     """List every image to segment in a LiTS or MSD Task03_Liver dataset, with readable headers checked.
 
     - MSD: the ``"test"`` entries of ``dataset.json`` (paths or ``{"image": path}``), or without those the
@@ -329,8 +380,13 @@ def lits_inference_list(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
     - LiTS: every ``volume-N`` (case id ``"N"``) and ``test-volume-N`` (case id ``"test-N"``, since LiTS numbers
       its test volumes from 0 again) anywhere below ``dataset_dir``.
 
+    Each header is checked as in :func:`lits_datalist` (readable, complete, one 3D volume, valid affine).
+
     Args:
         dataset_dir: root folder of the dataset.
+        on_error: ``"raise"`` (default): a broken image raises. ``"skip"``: it is left out with a warning on the
+            ``monai_metalr`` logger naming the file and the reason, and a summary count at the end. Layout errors
+            (missing listed files, duplicate case ids) raise in both modes.
 
     Returns:
         ``[{"image": absolute path, "case_id": id}, ...]`` sorted naturally by case id.
@@ -338,9 +394,12 @@ def lits_inference_list(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
     Raises:
         FileNotFoundError: ``dataset_dir`` or a file listed in ``dataset.json`` is missing.
         ValueError: ``dataset_dir`` is not a folder; no images were found; a case id occurs twice; a header is
-            unreadable or a file truncated. Each message names the file or folder.
+            unreadable, a file truncated, not one 3D volume or with an invalid affine (with ``on_error="skip"``:
+            only when every image is broken); a bad ``on_error``. Each message names the file or folder.
     """
+    skipped = Skipped(on_error, dataset_dir, "image")
     root = _root(dataset_dir)
+    skipped.root = root
     images: dict[str, Path] = {}
     json_path = root / "dataset.json"
     meta = _read_dataset_json(json_path) if json_path.is_file() else None
@@ -365,10 +424,42 @@ def lits_inference_list(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
         images.update({f"test-{n}": path for n, path in tests_found.items()})
     if not images:
         raise _no_cases(root, "images")
-    order = sorted(images, key=_natural_key)
-    for case_id in order:
-        _read_header(images[case_id])
-    return [{"image": str(images[case_id]), "case_id": case_id} for case_id in order]
+    items = []
+    for case_id in sorted(images, key=_natural_key):
+        try:
+            _read_header(images[case_id])
+        except BROKEN as e:
+            skipped.add(f"case {case_id!r} ({images[case_id]})", e)
+            continue
+        items.append({"image": str(images[case_id]), "case_id": case_id})
+    skipped.report(len(images))
+    if not items:
+        raise skipped.nothing_left(len(images))
+    return items
+
+
+def _describe(item: Mapping[str, Any]) -> str:
+    """An item's file (``"image"``), or the item itself when it has none."""
+    return str(item["image"]) if "image" in item else repr(dict(item))
+
+
+def _items_by_id(datalist: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """``case id -> item``; an item that is not a mapping, has no ``"case_id"``, or repeats one is an error."""
+    by_id: dict[str, Mapping[str, Any]] = {}
+    index: dict[str, int] = {}
+    for i, item in enumerate(datalist):
+        if not isinstance(item, Mapping):
+            raise ValueError(f"datalist item {i} is not a dict: {item!r}")
+        if "case_id" not in item:
+            raise ValueError(f"datalist item {i} has no 'case_id': {dict(item)!r}")
+        case_id = str(item["case_id"])
+        if case_id in by_id:
+            raise ValueError(
+                f"datalist has case id {case_id!r} more than once: item {index[case_id]} "
+                f"({_describe(by_id[case_id])}) and item {i} ({_describe(item)})"
+            )
+        by_id[case_id], index[case_id] = item, i
+    return by_id
 
 
 def _check_fraction(name: str, value: float) -> float:
@@ -444,22 +535,15 @@ def split_cases(
         split file lists its ids (naturally sorted when computed here).
 
     Raises:
-        ValueError: bad fractions; an item without ``"case_id"`` or a repeated case id; too few cases for one
-            training case; an existing ``split_file`` that is unreadable or whose ids differ from the datalist's
-            (the message names the file and the ids).
+        ValueError: bad fractions; an item that is not a dict or has no ``"case_id"``; a repeated case id (the
+            message names both items' files); too few cases for one training case; an existing ``split_file`` that
+            is unreadable or whose ids differ from the datalist's (the message names the file and the ids).
     """
     val_fraction = _check_fraction("val_fraction", val_fraction)
     test_fraction = _check_fraction("test_fraction", test_fraction)
     if val_fraction + test_fraction >= 1.0:
         raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
-    by_id: dict[str, Mapping[str, Any]] = {}
-    for i, item in enumerate(datalist):
-        if "case_id" not in item:
-            raise ValueError(f"datalist item {i} has no 'case_id': {dict(item)!r}")
-        case_id = str(item["case_id"])
-        if case_id in by_id:
-            raise ValueError(f"datalist has case id {case_id!r} more than once")
-        by_id[case_id] = item
+    by_id = _items_by_id(datalist)
 
     path = Path(split_file).expanduser() if split_file is not None else None
     if path is not None and path.exists():

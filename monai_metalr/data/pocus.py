@@ -35,8 +35,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..io import atomic_path
+from .errors import BROKEN, Skipped
 from .frames import sample_frame_indices
-from .paths import dataset_root
+from .paths import check_image_size, dataset_root
 from .video import VIDEO_EXTENSIONS, read_video_frames, video_frame_info
 
 __all__ = [
@@ -244,6 +245,7 @@ def _video_frames(path: Path, folder: Path, sample_fps: float | None, max_frames
             _store_info(folder, path, *info)
             continue
         for i, frame in zip(missing, frames):
+            check_image_size(path, frame.shape[0], frame.shape[1])
             _write_png(folder / f"frame_{i:06d}.png", frame)
         return pngs
     raise AssertionError("unreachable")
@@ -255,9 +257,13 @@ def _image_png(path: Path, folder: Path) -> Path:
         return png
     try:
         with Image.open(path) as im:
+            n_frames = int(getattr(im, "n_frames", 1))
             array = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+    if n_frames > 1 and path.suffix.lower() == ".png":  # an animated PNG (a JPEG with previews, MPO, is fine)
+        raise ValueError(f"{path}: an animated PNG of {n_frames} frames; save the clip as a video (.mp4 or .gif)")
+    check_image_size(path, array.shape[0], array.shape[1])
     _write_png(png, array)
     return png
 
@@ -274,6 +280,7 @@ def pocus_datalist(
     frame_dir: str | os.PathLike | None = None,
     unknown: Literal["error", "skip"] = "error",
     probes: Sequence[str] = POCUS_PROBES,
+    on_error: str = "raise",
 ) -> list[dict[str, Any]]:
     """One datalist item per sampled video frame and per still image of the POCUS dataset.
 
@@ -310,6 +317,10 @@ def pocus_datalist(
         unknown: a file without a known class prefix raises (``"error"``) or is skipped with a warning (``"skip"``).
         probes: the probe folders to use, a subset of ``("convex", "linear")``. The POCUS authors' own frame
             extraction (``pocovidnet/scripts/build_image_dataset.py``) uses ``("convex",)`` by default.
+        on_error: ``"raise"`` (default): a broken video or image (empty, undecodable, truncated, an animated PNG,
+            smaller than 2 x 2 pixels) raises. ``"skip"``: it is left out, with all its frames, with a warning on the
+            ``monai_metalr`` logger naming the file and the reason, and a summary count at the end. Naming and
+            layout errors (``unknown``, two files with one group) do not depend on it.
 
     Returns:
         items ``{"image": PNG path, "source": original file, "frame": frame index (-1 for a still image),
@@ -322,20 +333,25 @@ def pocus_datalist(
     Raises:
         FileNotFoundError: ``dataset_dir`` does not exist.
         ValueError: ``dataset_dir`` is not a folder or holds neither layout; no usable file was found; a file
-            without a known class prefix (with ``unknown="error"``); an empty (0 bytes) or undecodable video or image;
-            two files with the same group (e.g. in ``Convex/`` and ``convex/``); a bad ``unknown`` or ``probes``.
-        IndexError: a video shorter than its header says even after counting its frames by decoding.
+            without a known class prefix (with ``unknown="error"``); an empty (0 bytes) or undecodable video or image,
+            an animated PNG, a frame or image smaller than 2 x 2 pixels (with ``on_error="skip"``: only when every
+            file is broken); two files with the same group (e.g. in ``Convex/`` and ``convex/``); a bad ``unknown``,
+            ``probes`` or ``on_error``.
+        IndexError: a video shorter than its header says even after counting its frames by decoding (skipped with
+            ``on_error="skip"``).
         OSError: ``frame_dir`` cannot be created or written.
         Each message names the file or folder.
     """
     if unknown not in ("error", "skip"):
         raise ValueError(f"unknown must be 'error' or 'skip', got {unknown!r}")
+    skipped = Skipped(on_error, dataset_dir, "file")
     probes = tuple(str(p).lower() for p in ([probes] if isinstance(probes, str) else probes))
     bad = [p for p in probes if p not in POCUS_PROBES]
     if bad or not probes:
         raise ValueError(f"probes must be a non-empty subset of {POCUS_PROBES}, got {probes!r}")
 
     root = _pocus_root(dataset_dir)
+    skipped.root = root
     sources, ignored = _sources(root, probes)
     if ignored:
         shown = ", ".join(str(p) for p in ignored[:10]) + (
@@ -358,8 +374,6 @@ def pocus_datalist(
         if group in groups:
             raise ValueError(f"{path}: same probe and file name as {groups[group]} (group {group!r})")
         groups[group] = path
-        if path.stat().st_size == 0:
-            raise ValueError(f"{path}: empty file (0 bytes)")
         labelled.append((kind, probe, path, class_name))
     if not labelled:
         raise ValueError(
@@ -379,14 +393,24 @@ def pocus_datalist(
     labelled.sort(key=lambda s: (s[1], _natural_key(s[2].name)))
     for kind, probe, path, class_name in labelled:
         group = f"{probe}/{path.name}"
-        folder = out / probe / f"{path.name}-{_fingerprint(path)}"
         common = {"source": str(path), "label": classes.index(class_name), "class_name": class_name, "probe": probe}
-        if kind == "image":
-            png = _image_png(path, folder)
-            items.append({"image": str(png), **common, "frame": -1, "group": group, "case_id": group})
+        try:
+            if path.stat().st_size == 0:
+                raise ValueError(f"{path}: empty file (0 bytes)")
+            folder = out / probe / f"{path.name}-{_fingerprint(path)}"
+            if kind == "image":
+                pngs = [(-1, _image_png(path, folder))]
+            else:
+                pngs = _video_frames(path, folder, sample_fps, max_frames)
+        except (*BROKEN, IndexError) as e:
+            skipped.add(str(path), e)
             continue
-        for i, png in _video_frames(path, folder, sample_fps, max_frames):
-            items.append({"image": str(png), **common, "frame": i, "group": group, "case_id": f"{group}#{i}"})
+        for i, png in pngs:
+            case_id = group if i < 0 else f"{group}#{i}"
+            items.append({"image": str(png), **common, "frame": i, "group": group, "case_id": case_id})
+    skipped.report(len(labelled))
+    if not items:
+        raise skipped.nothing_left(len(labelled))
     return items
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..io import atomic_path
-from .lits import _check_fraction, _load_split, _natural_key
+from .lits import _check_fraction, _describe, _items_by_id, _load_split, _natural_key
 
 __all__ = ["split_classification"]
 
@@ -31,6 +32,16 @@ def _groups_by_class(items: Sequence[Mapping[str, Any]], label_key: str, group_k
     for group, label in label_of.items():
         by_class[label].append(group)
     return {c: sorted(g, key=_natural_key) for c, g in sorted(by_class.items(), key=lambda kv: str(kv[0]))}
+
+
+def _checked_items(datalist: Sequence[Mapping[str, Any]], label_key: str) -> dict[str, Mapping[str, Any]]:
+    """``case id -> item``, each item with a unique ``case_id`` and a usable label."""
+    by_id = _items_by_id(datalist)
+    for i, item in enumerate(datalist):
+        label = item.get(label_key)
+        if label is None or (isinstance(label, float) and math.isnan(label)):
+            raise ValueError(f"datalist item {i} ({_describe(item)}) has no {label_key!r} (got {label!r})")
+    return by_id
 
 
 def _sorted_ids(items: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -95,32 +106,49 @@ def split_classification(
         ``{"train", "val", "test"}`` lists of datalist items.
 
     Raises:
-        ValueError: bad fractions or fold, repeated case ids, a group with two labels, an empty train or val
-            part, or a stored ``split_file`` that does not match the datalist (the message names the file).
+        ValueError: bad fractions or fold; an item that is not a dict, has no ``case_id`` or no (a ``None`` /
+            NaN) ``label_key``; repeated case ids (the message names the items' files); a group with two labels;
+            an empty train or val part; a stored ``split_file`` that does not match the datalist (the message names
+            the file).
     """
     val_fraction = _check_fraction("val_fraction", val_fraction)
     test_fraction = _check_fraction("test_fraction", test_fraction)
     if num_folds > 1 and not 0 <= fold < num_folds:
         raise ValueError(f"fold must be in [0, {num_folds}), got {fold}")
-    by_id = {str(item["case_id"]): item for item in datalist}
-    if len(by_id) != len(datalist):
-        repeated = [i for i, n in Counter(str(item["case_id"]) for item in datalist).items() if n > 1]
-        raise ValueError(f"datalist has repeated case ids: {repeated[:10]}")
+    by_id = _checked_items(datalist, label_key)
     path = Path(split_file).expanduser() if split_file is not None else None
-    protocol = {"num_folds": num_folds, "fold": fold, "preset_key": preset_key,
-                "preset_test": preset_test, "preset_val": preset_val}
+    protocol = {
+        "num_folds": num_folds,
+        "fold": fold,
+        "preset_key": preset_key,
+        "preset_test": preset_test,
+        "preset_val": preset_val,
+    }
     if path is not None and path.exists():
         split, _ = _load_split(path, by_id)
         stored = json.loads(path.read_text(encoding="utf-8"))
         changed = {k: (stored.get(k), v) for k, v in protocol.items() if k in stored and stored[k] != v}
         if changed:  # e.g. another --fold into the same output_dir: never evaluate fold 0 under fold k's name
             detail = ", ".join(f"{k} stored {a!r} vs now {b!r}" for k, (a, b) in changed.items())
-            raise ValueError(f"{path}: the stored split was made for another protocol ({detail}); use one "
-                             "output_dir (or split_file) per fold, or delete the file")
+            raise ValueError(
+                f"{path}: the stored split was made for another protocol ({detail}); use one "
+                "output_dir (or split_file) per fold, or delete the file"
+            )
         logger.info("%s: reusing the stored split", path)
     else:
-        split = _compute(list(by_id.values()), val_fraction, test_fraction, seed, num_folds, fold, label_key,
-                         group_key, preset_key, preset_test, preset_val)
+        split = _compute(
+            list(by_id.values()),
+            val_fraction,
+            test_fraction,
+            seed,
+            num_folds,
+            fold,
+            label_key,
+            group_key,
+            preset_key,
+            preset_test,
+            preset_val,
+        )
         if not split["train"] or not split["val"]:
             raise ValueError(
                 f"split_classification: {len(split['train'])} train and {len(split['val'])} val cases from "
@@ -157,8 +185,11 @@ def _compute(
     test_groups = {str(i.get(group_key, i["case_id"])) for i in fixed_test}
     shared = sorted(test_groups & {str(i.get(group_key, i["case_id"])) for i in pool})
     if shared:  # a published test split cannot be changed, but the user must know
-        logger.warning("groups (patients) in both the preset test split and train/val: %s%s", shared[:10],
-                       " ..." if len(shared) > 10 else "")
+        logger.warning(
+            "groups (patients) in both the preset test split and train/val: %s%s",
+            shared[:10],
+            " ..." if len(shared) > 10 else "",
+        )
     part_of: dict[str, str] = {}
     for groups in _groups_by_class(pool, label_key, group_key).values():
         order = [groups[k] for k in rng.permutation(len(groups))]

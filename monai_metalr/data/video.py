@@ -114,13 +114,15 @@ def _rate(stream) -> float | None:
     return None
 
 
-def _av_decode(path: Path, wanted: set[int], last: int | None) -> tuple[dict[int, np.ndarray], int]:
-    """``({index: frame}, frames decoded)``; decodes up to frame ``last`` (every frame when ``None``)."""
+def _av_decode(path: Path, wanted: set[int], last: int | None) -> tuple[dict[int, np.ndarray], int, int]:
+    """``({index: frame}, frames decoded, frame count in the header or 0)``; decodes up to frame ``last`` (every
+    frame when ``None``)."""
     import av
 
     found: dict[int, np.ndarray] = {}
     count = 0
-    container, _ = _open_av(path)
+    container, stream = _open_av(path)
+    header_frames = int(stream.frames or 0)
     try:
         for frame in container.decode(video=0):
             if count in wanted:
@@ -134,7 +136,7 @@ def _av_decode(path: Path, wanted: set[int], last: int | None) -> tuple[dict[int
         container.close()
     if count == 0:
         raise ValueError(f"{path}: not a decodable video (no frame could be decoded)")
-    return found, count
+    return found, count, header_frames
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -169,7 +171,7 @@ def video_frame_info(path: str | os.PathLike, count_by_decoding: bool = False) -
     finally:
         container.close()
     if num_frames <= 0 or count_by_decoding:
-        _, num_frames = _av_decode(p, set(), None)
+        _, num_frames, _ = _av_decode(p, set(), None)
     return num_frames, fps
 
 
@@ -187,7 +189,8 @@ def read_video_frames(path: str | os.PathLike, indices: Sequence[int]) -> list[n
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: ``path`` is empty, has no video stream or cannot be decoded; a negative index.
-        IndexError: an index at or beyond the clip's last frame (the message gives the number of frames).
+        IndexError: an index at or beyond the clip's last frame (the message gives the number of frames, and the
+            header's count when that is larger: a truncated file).
         Each message names the file.
     """
     p = _check_file(path)
@@ -197,8 +200,14 @@ def read_video_frames(path: str | os.PathLike, indices: Sequence[int]) -> list[n
     if min(idx) < 0:
         raise ValueError(f"{p}: frame indices must be >= 0, got {min(idx)}")
     wanted, last = set(idx), max(idx)
-    found, count = _gif_frames(p, wanted, last) if _is_gif(p) else _av_decode(p, wanted, last)
+    if _is_gif(p):
+        (found, count), header_frames = _gif_frames(p, wanted, last), 0
+    else:
+        found, count, header_frames = _av_decode(p, wanted, last)
     missing = sorted(wanted - found.keys())
     if missing:  # decoding stopped before ``last``: ``count`` is the clip's length
-        raise IndexError(f"{p}: has {count} frames, frame index {missing[0]} is beyond the end")
+        hint = ""
+        if header_frames > count:
+            hint = f" (its header says {header_frames} frames: the file is probably truncated or damaged)"
+        raise IndexError(f"{p}: has {count} frames, frame index {missing[0]} is beyond the end{hint}")
     return [found[i] for i in idx]

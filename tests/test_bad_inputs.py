@@ -1,0 +1,892 @@
+"""Bad input corpus: every reader and datalist builder, fed broken real files, names the file and says what is wrong.
+
+The corpus is generated in ``tmp_path`` from real, tiny files in the real formats (NIfTI, PNG, JPEG, TIFF, DICOM written
+with pydicom, MP4 written with PyAV, GIF), then broken the way downloads and exports break: zero bytes, cut short,
+garbage under the right name, wrong dimensions, NaN voxels, label values outside the task's set, image and label that
+disagree in geometry, two files for one case id. Each reader must raise a plain ``ValueError`` (``FileNotFoundError``
+for a missing file, ``IndexError`` for a frame index beyond the end) whose message contains the file name and the
+reason, never a third-party exception (PIL, nibabel, pydicom, PyAV, zlib, struct) and never a silently wrong result.
+The datalist builders that scan folders also take ``on_error="skip"``: a broken file or case is left out with a
+warning naming it, and a summary count.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import nibabel as nib
+import numpy as np
+import pytest
+from monai.transforms import Compose, EnsureChannelFirstd
+from PIL import Image
+
+pydicom = pytest.importorskip("pydicom", minversion="3.0")
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid  # noqa: E402
+
+from monai_metalr.data import (  # noqa: E402
+    CheckSegmentationd,
+    LoadFramed,
+    LoadVolumed,
+    busi_datalist,
+    chestxray_datalist,
+    classification_inference_list,
+    dicom_frame_info,
+    lits_datalist,
+    lits_inference_list,
+    merge_masks,
+    pocus_datalist,
+    read_dicom_frame,
+    read_frame,
+    read_video_frames,
+    split_cases,
+    split_classification,
+    video_frame_info,
+)
+from monai_metalr.data.busi import check_image_file  # noqa: E402
+
+SHAPE = (8, 8, 6)
+AFFINE = np.diag([0.8, 0.8, 2.5, 1.0])
+SIZE = 16
+CODEC = "mpeg4" if "mpeg4" in av.codecs_available else "libx264"
+
+# ---------------------------------------------------------------------------------------------------------------------
+# generators of real files
+
+
+def nii(path: Path, data: np.ndarray | None = None, affine: np.ndarray = AFFINE) -> Path:
+    """A real NIfTI file (``.nii`` / ``.nii.gz`` from the name); random float32 voxels by default."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        data = np.random.default_rng(len(path.name)).normal(size=SHAPE).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+def seg(shape: tuple[int, ...] = SHAPE, extra: float | None = None, dtype: type = np.uint8) -> np.ndarray:
+    """A LiTS segmentation (liver 1, tumour 2); ``extra`` is written to one voxel."""
+    out = np.zeros(shape, dtype)
+    out[2:6, 2:6, 1:4] = 1
+    out[3:5, 3:5, 2] = 2
+    if extra is not None:
+        out[0, 0, 0] = extra
+    return out
+
+
+def nii_nan_affine(path: Path, data: np.ndarray) -> Path:
+    """A NIfTI file whose sform holds a NaN (nibabel refuses to build one from such an affine)."""
+    header = nib.Nifti1Image(data, AFFINE).header
+    sform = header.get_sform()
+    sform[0, 3] = np.nan
+    header.set_sform(sform, code=1)
+    header.set_qform(None, code=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, None, header=header), str(path))
+    return path
+
+
+def cut(path: Path, keep: float | int) -> Path:
+    """Truncate ``path`` to a fraction (float) or a number of bytes (int)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)] if isinstance(keep, float) else data[:keep])
+    return path
+
+
+def put(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def img(path: Path, array: np.ndarray | None = None, fmt: str | None = None, mode: str | None = None, **kw) -> Path:
+    """A real image (format from the name unless ``fmt``): random 16x16 grey by default."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if array is None:
+        array = np.random.default_rng(len(path.name)).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
+    im = Image.fromarray(array, mode) if mode else Image.fromarray(array)
+    im.save(path, format=fmt, **kw)
+    return path
+
+
+def stack(path: Path, n: int = 3) -> Path:
+    """A multi-frame file (multi-page TIFF, animated PNG): a 3D stack where one 2D image is expected."""
+    frames = [Image.fromarray(np.full((SIZE, SIZE), 40 * k, np.uint8)) for k in range(n)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    return path
+
+
+def dcm(path: Path, array: np.ndarray | None = None, rows: int | None = None) -> Path:
+    """A real, minimal Secondary Capture DICOM file: uint16 MONOCHROME2, or float32 (Float Pixel Data)."""
+    array = np.arange(SIZE * SIZE, dtype=np.uint16).reshape(SIZE, SIZE) if array is None else array
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "OT", 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = array.shape
+    if array.dtype.kind == "f":
+        ds.BitsAllocated = 32
+        ds.FloatPixelData = array.astype(np.float32).tobytes()
+    else:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = array.astype(np.uint16).tobytes()
+    if rows is not None:
+        ds.Rows = rows
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def cut_in_element(path: Path, tag: int, past_end: int = -2) -> Path:
+    """Cut ``path`` inside the value of element ``tag`` (``past_end`` < 0) or that many bytes after its end."""
+    raw = pydicom.dcmread(path).get_item(tag)
+    return cut(path, raw.value_tell + raw.length + past_end)
+
+
+def mp4(path: Path, n: int = 10, faststart: bool = False) -> Path:
+    """A real MP4 of ``n`` 16x16 frames at 10 fps; ``faststart`` puts the header (moov) before the data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as container:
+        stream = container.add_stream(CODEC, rate=10)
+        stream.width, stream.height, stream.pix_fmt = SIZE, SIZE, "yuv420p"
+        for k in range(n):
+            frame = av.VideoFrame.from_ndarray(np.full((SIZE, SIZE, 3), 20 * k, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def gif(path: Path, n: int = 6) -> Path:
+    """A real animated GIF (also under another name) of ``n`` frames, 100 ms each."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = [Image.new("RGB", (SIZE, SIZE), (30 * k, 0, 0)) for k in range(n)]
+    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return path
+
+
+def without_end(path: Path) -> Path:
+    """A complete image file minus its last 12 bytes (a PNG's IEND chunk)."""
+    return cut(img(path), len(img(path).read_bytes()) - 12)
+
+
+def one_nan(shape: tuple[int, ...] = SHAPE) -> np.ndarray:
+    data = np.ones(shape, np.float32)
+    data[1, 2, 3] = np.nan
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# assertions
+
+# exceptions of the libraries that must never escape a reader unwrapped (several subclass ValueError or OSError)
+THIRD_PARTY = ("PIL", "nibabel", "pydicom", "av", "zlib", "struct", "gzip", "numpy")
+
+
+def error_of(fn: Callable[[], object]) -> BaseException:
+    """The error ``fn`` raises; for a MONAI ``Compose``, the transform's own error (the cause of its RuntimeError)."""
+    with pytest.raises(Exception) as info:
+        fn()
+    err = info.value
+    if type(err) is RuntimeError and str(err).startswith("applying transform") and err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def assert_names(
+    fn: Callable[[], object], path: Path | str, pattern: str, exc: type[BaseException] = ValueError
+) -> BaseException:
+    """``fn`` raises exactly ``exc`` (not a third-party subclass) naming ``path`` and matching ``pattern``."""
+    err = error_of(fn)
+    assert type(err) is exc, f"expected {exc.__name__}, got {type(err).__module__}.{type(err).__name__}: {err}"
+    assert type(err).__module__ == "builtins" and not any(type(err).__module__.startswith(m) for m in THIRD_PARTY)
+    message = str(err)
+    assert Path(path).name in message, f"{Path(path).name!r} not in {message!r}"
+    assert re.search(pattern, message, re.IGNORECASE | re.DOTALL), f"{pattern!r} not in {message!r}"
+    return err
+
+
+def load2d(path: Path, frame: int = -1) -> object:
+    return LoadFramed("image")({"image": str(path), "frame": frame})
+
+
+def load3d(image: Path, label: Path | None = None) -> object:
+    keys = ["image", "label"] if label is not None else ["image"]
+    data = {"image": str(image), **({"label": str(label)} if label is not None else {})}
+    return Compose([LoadVolumed(keys, image_only=True), EnsureChannelFirstd(keys), CheckSegmentationd(keys)])(data)
+
+
+def skip_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The warnings of ``on_error="skip"``: one per skipped file or case, and the summary."""
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    return [m for m in messages if "on_error='skip'" in m]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3D NIfTI (LiTS): datalist, inference list, loading pipeline
+
+# name -> (write the bad case 0 into a LiTS folder: returns (bad file, image, label); message pattern)
+NIFTI_BAD: dict[str, tuple[Callable[[Path], tuple[Path, Path, Path]], str]] = {}
+
+
+def _volume_case(make_volume: Callable[[Path], Path]) -> Callable[[Path], tuple[Path, Path, Path]]:
+    """Case 0 with a bad volume (``.nii.gz`` when the writer's name ends in ``gz``) and a good segmentation."""
+
+    def write(root: Path) -> tuple[Path, Path, Path]:
+        ext = ".nii.gz" if make_volume.__name__.endswith("gz") else ".nii"
+        label = nii(root / f"segmentation-0{ext}", seg())
+        volume = make_volume(root / f"volume-0{ext}")
+        return volume, volume, label
+
+    return write
+
+
+def _label_case(make_label: Callable[[Path], Path]) -> Callable[[Path], tuple[Path, Path, Path]]:
+    """Case 0 with a good volume and a bad segmentation."""
+
+    def write(root: Path) -> tuple[Path, Path, Path]:
+        volume = nii(root / "volume-0.nii")
+        label = make_label(root / "segmentation-0.nii")
+        return label, volume, label
+
+    return write
+
+
+def _zero_nii(p: Path) -> Path:
+    return put(p, b"")
+
+
+def _zero_nii_gz(p: Path) -> Path:
+    return put(p, b"")
+
+
+def _cut_data_nii(p: Path) -> Path:
+    return cut(nii(p), 0.6)
+
+
+def _cut_header_nii(p: Path) -> Path:
+    return cut(nii(p), 100)
+
+
+def _cut_data_nii_gz(p: Path) -> Path:
+    return cut(nii(p, np.random.default_rng(0).normal(size=(32, 32, 16)).astype(np.float32)), 0.5)
+
+
+def _cut_header_nii_gz(p: Path) -> Path:
+    return cut(nii(p), 30)
+
+
+def _text_nii_gz(p: Path) -> Path:
+    return put(p, b"<html>404 Not Found</html>\n" * 20)
+
+
+NIFTI_BAD.update(
+    {
+        "zero-byte-nii": (_volume_case(_zero_nii), r"empty file"),
+        "zero-byte-nii-gz": (_volume_case(_zero_nii_gz), r"empty file"),
+        "truncated-data-nii": (_volume_case(_cut_data_nii), r"truncated|expected \d+ bytes"),
+        "truncated-header-nii": (_volume_case(_cut_header_nii), r"NIfTI"),
+        "truncated-data-nii-gz": (_volume_case(_cut_data_nii_gz), r"truncated|compressed file ended"),
+        "truncated-header-nii-gz": (_volume_case(_cut_header_nii_gz), r"NIfTI|truncated|gzip"),
+        "html-as-nii-gz": (_volume_case(_text_nii_gz), r"NIfTI"),
+        "2d-volume": (_volume_case(lambda p: nii(p, np.zeros((8, 8), np.float32))), r"2D|spatial dimension"),
+        "4d-two-volumes": (
+            _volume_case(lambda p: nii(p, np.zeros((*SHAPE, 2), np.float32))),
+            r"2 volumes|expected one 3D volume",
+        ),
+        "single-slice": (_volume_case(lambda p: nii(p, np.zeros((8, 8, 1), np.float32))), r"single slice"),
+        "no-voxels": (_volume_case(lambda p: nii(p, np.zeros((8, 8, 0), np.float32))), r"empty image"),
+        "complex-voxels": (
+            _volume_case(lambda p: nii(p, np.zeros(SHAPE, np.complex64))),
+            r"voxel type complex64 is not supported",
+        ),
+        "nan-affine": (
+            _volume_case(lambda p: nii_nan_affine(p, np.zeros(SHAPE, np.float32))),
+            r"invalid affine.*non-finite|non-finite",
+        ),
+        "label-shape-mismatch": (_label_case(lambda p: nii(p, seg((8, 8, 5)))), r"shape.*does not match"),
+        "label-affine-mismatch": (
+            _label_case(lambda p: nii(p, seg(), np.diag([0.8, 0.8, 5.0, 1.0]))),
+            r"affine does not match",
+        ),
+        "label-2d": (_label_case(lambda p: nii(p, seg()[..., 0])), r"2D|shape"),
+    }
+)
+# checked only when the voxels are loaded (the datalists read headers only, for speed)
+NIFTI_VOXELS: dict[str, tuple[Callable[[Path], tuple[Path, Path, Path]], str]] = {
+    "nan-voxels": (_volume_case(lambda p: nii(p, one_nan())), r"1 NaN and 0 inf voxels"),
+    "inf-voxels": (_volume_case(lambda p: nii(p, np.full(SHAPE, np.inf, np.float32))), r"inf voxels"),
+    "label-value-3": (_label_case(lambda p: nii(p, seg(extra=3))), r"label values \{3\} outside \{0, 1, 2\}"),
+    "label-value-negative": (
+        _label_case(lambda p: nii(p, seg(extra=-1, dtype=np.int16))),
+        r"label values \{-1\} outside",
+    ),
+    "label-value-fractional": (
+        _label_case(lambda p: nii(p, seg(extra=1.5, dtype=np.float32))),
+        r"label values \{1.5\} outside",
+    ),
+    "label-nan": (_label_case(lambda p: nii(p, seg(extra=np.nan, dtype=np.float32))), r"label values \{nan\}"),
+}
+IMAGE_SIDE = {k for k in (*NIFTI_BAD, *NIFTI_VOXELS) if not k.startswith("label")}
+
+
+def lits_dataset(root: Path, make: Callable[[Path], tuple[Path, Path, Path]]) -> tuple[Path, Path, Path]:
+    """Good case 1 beside the bad case 0."""
+    nii(root / "volume-1.nii")
+    nii(root / "segmentation-1.nii", seg())
+    return make(root)
+
+
+@pytest.mark.parametrize("kind", list(NIFTI_BAD))
+def test_lits_datalist_bad_nifti(tmp_path: Path, kind: str) -> None:
+    make, pattern = NIFTI_BAD[kind]
+    bad, _, _ = lits_dataset(tmp_path, make)
+    assert_names(lambda: lits_datalist(tmp_path), bad, pattern)
+
+
+@pytest.mark.parametrize("kind", sorted(k for k in NIFTI_BAD if k in IMAGE_SIDE))
+def test_lits_inference_list_bad_nifti(tmp_path: Path, kind: str) -> None:
+    make, pattern = NIFTI_BAD[kind]
+    bad, _, _ = lits_dataset(tmp_path, make)
+    assert_names(lambda: lits_inference_list(tmp_path), bad, pattern)
+
+
+# a 4D image of 2 volumes loads as 2 channels and a single slice as a 3D volume of depth 1: both are caught by the
+# datalists (from the header), not after loading, where a multi-channel or thin volume can be legitimate
+HEADER_ONLY = ("4d-two-volumes", "single-slice")
+
+
+@pytest.mark.parametrize("kind", [k for k in (*NIFTI_BAD, *NIFTI_VOXELS) if k not in HEADER_ONLY])
+def test_lits_pipeline_bad_nifti(tmp_path: Path, kind: str) -> None:
+    make, pattern = {**NIFTI_BAD, **NIFTI_VOXELS}[kind]
+    bad, image, label = lits_dataset(tmp_path, make)
+    if kind == "nan-affine":
+        pattern = r"non-finite"
+    if kind in ("no-voxels", "complex-voxels"):
+        pattern = r"."  # refused by MONAI's reader or the checks; the file name is what matters
+    assert_names(lambda: load3d(image, label), bad, pattern)
+    if kind in IMAGE_SIDE:  # the inference pipeline (image only) catches it too
+        assert_names(lambda: load3d(image), bad, pattern)
+
+
+@pytest.mark.parametrize("kind", list(NIFTI_VOXELS))
+def test_lits_datalists_read_headers_only(tmp_path: Path, kind: str) -> None:
+    """NaN voxels and label values are a loading-time check (the 131 LiTS volumes are not decoded to list them)."""
+    lits_dataset(tmp_path, NIFTI_VOXELS[kind][0])
+    assert [i["case_id"] for i in lits_datalist(tmp_path)] == ["0", "1"]
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["nii-and-nii-gz", "zero-padded-number", "msd-nii-and-nii-gz"],
+)
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_lits_duplicate_case_ids(tmp_path: Path, layout: str, on_error: str) -> None:
+    """Two files for one case id are ambiguous, not broken: an error in both modes, naming both files."""
+    if layout == "msd-nii-and-nii-gz":
+        for ext in (".nii", ".nii.gz"):
+            nii(tmp_path / "imagesTr" / f"liver_0{ext}")
+            nii(tmp_path / "labelsTr" / f"liver_0{ext}", seg())
+        first, second = tmp_path / "imagesTr" / "liver_0.nii", tmp_path / "imagesTr" / "liver_0.nii.gz"
+    else:
+        other = "volume-3.nii.gz" if layout == "nii-and-nii-gz" else "sub/volume-03.nii"
+        first, second = nii(tmp_path / "volume-3.nii"), nii(tmp_path / other)
+        nii(tmp_path / "segmentation-3.nii", seg())
+    for fn in (lits_datalist, lits_inference_list):
+        err = assert_names(lambda: fn(tmp_path, on_error=on_error), first, r"duplicate .*case id")
+        assert second.name in str(err)
+
+
+def test_lits_skip_broken_cases(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    nii(tmp_path / "volume-1.nii")
+    nii(tmp_path / "segmentation-1.nii", seg())
+    put(tmp_path / "volume-2.nii.gz", b"")  # broken image: the case goes, label too
+    nii(tmp_path / "segmentation-2.nii.gz", seg())
+    nii(tmp_path / "volume-3.nii")
+    nii(tmp_path / "segmentation-3.nii", seg((8, 8, 5)))  # geometry mismatch
+    nii(tmp_path / "test-volume-0.nii", np.zeros((8, 8), np.float32))  # 2D: inference list only
+    assert_names(lambda: lits_datalist(tmp_path), "volume-2.nii.gz", "empty file")
+    with caplog.at_level(logging.WARNING, logger="monai_metalr"):
+        items = lits_datalist(tmp_path, on_error="skip")
+    assert [i["case_id"] for i in items] == ["1"]
+    warnings = skip_warnings(caplog)
+    assert any("volume-2.nii.gz" in w and "empty file" in w.lower() for w in warnings)
+    assert any("segmentation-3.nii" in w and "does not match" in w for w in warnings)
+    assert any("skipped 2 of 3 case(s)" in w for w in warnings)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monai_metalr"):
+        items = lits_inference_list(tmp_path, on_error="skip")
+    assert [i["case_id"] for i in items] == ["1", "3"]
+    assert any("test-volume-0.nii" in w and "2D" in w for w in skip_warnings(caplog))
+    assert any("skipped 2 of 4 image(s)" in w for w in skip_warnings(caplog))
+    # nothing left: an error, not an empty datalist
+    for n in (1, 3):
+        put(tmp_path / f"volume-{n}.nii", b"")
+    assert_names(lambda: lits_datalist(tmp_path, on_error="skip"), tmp_path, r"all 3 case\(s\) found are broken")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2D images (PNG / JPEG / TIFF): check_image_file, read_frame, LoadFramed, merge_masks
+
+
+def _png_cut(p: Path) -> Path:
+    return cut(img(p, np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)), 0.5)
+
+
+def _jpeg_cut(p: Path) -> Path:
+    return cut(img(p, np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)), 0.5)
+
+
+# name -> (file name, writer, pattern, readers that must reject it)
+ALL_2D = {"check", "read_frame", "LoadFramed", "merge_masks"}
+IMAGES = ALL_2D - {"merge_masks"}  # merge_masks reads PNG masks of any size
+IMAGE_BAD: dict[str, tuple[str, Callable[[Path], Path], str, set[str]]] = {
+    "zero-byte-png": ("a.png", lambda p: put(p, b""), r"empty file|cannot|identify", ALL_2D),
+    "truncated-png": ("a.png", _png_cut, r"truncated", ALL_2D),
+    "png-without-iend": ("a.png", without_end, r"truncated", {"check"}),
+    "garbage-png": ("a.png", lambda p: put(p, b"\x89PNG\r\n\x1a\n" + b"\0" * 40), r"not a readable|cannot", ALL_2D),
+    "zero-byte-jpeg": ("a.jpeg", lambda p: put(p, b""), r"empty file|cannot", IMAGES),
+    "truncated-jpeg": ("a.jpeg", _jpeg_cut, r"truncated", IMAGES),
+    "one-pixel-png": ("a.png", lambda p: img(p, np.zeros((1, 1), np.uint8)), r"1 x 1 pixels", IMAGES),
+    "one-row-jpeg": ("a.jpg", lambda p: img(p, np.zeros((1, 40), np.uint8)), r"40 x 1 pixels", IMAGES),
+    "multipage-tiff": ("a.tif", stack, r"3 frames", IMAGES),
+    "animated-png": ("a.png", stack, r"3 frames", IMAGES),
+    "nan-float-tiff": (
+        "a.tif",
+        lambda p: img(p, np.where(np.eye(SIZE) > 0, np.nan, 7.0).astype(np.float32), mode="F"),
+        r"16 NaN or infinite",
+        {"read_frame", "LoadFramed"},
+    ),
+    "missing": ("nothere.png", lambda p: p, r"not found", IMAGES),
+}
+
+
+def _image_cases() -> list[tuple[str, str]]:
+    return [(kind, reader) for kind, (*_, readers) in IMAGE_BAD.items() for reader in sorted(readers)]
+
+
+@pytest.mark.parametrize("kind, reader", _image_cases(), ids=[f"{k}-{r}" for k, r in _image_cases()])
+def test_2d_image_readers(tmp_path: Path, kind: str, reader: str) -> None:
+    name, write, pattern, _ = IMAGE_BAD[kind]
+    path = write(tmp_path / name)
+    fn = {
+        "check": lambda: check_image_file(path),
+        "read_frame": lambda: read_frame(path),
+        "LoadFramed": lambda: load2d(path),
+        "merge_masks": lambda: merge_masks([path]),
+    }[reader]
+    assert_names(fn, path, pattern, FileNotFoundError if kind == "missing" else ValueError)
+
+
+def test_2d_images_that_are_fine(tmp_path: Path) -> None:
+    """Wrong-looking but usable: alpha, CMYK, bilevel, 16-bit; converted, never read as something else."""
+    rgba = img(tmp_path / "rgba.png", np.full((SIZE, SIZE, 4), 200, np.uint8))
+    assert tuple(load2d(rgba)["image"].shape) == (3, SIZE, SIZE)
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (SIZE, SIZE), (0, 0, 0, 0)).save(cmyk)
+    out = load2d(cmyk)["image"]
+    assert tuple(out.shape) == (3, SIZE, SIZE) and float(out.min()) > 240  # CMYK white, not black
+    bilevel = tmp_path / "bilevel.png"
+    Image.fromarray(np.eye(SIZE, dtype=bool)).save(bilevel)
+    assert read_frame(bilevel).max() == 255.0  # not 1.0
+    wide = img(tmp_path / "wide16.png", (np.arange(SIZE * SIZE).reshape(SIZE, SIZE) * 200).astype(np.uint16))
+    frame = read_frame(wide)
+    assert frame.max() == pytest.approx(255.0) and frame.min() == 0.0
+    assert check_image_file(img(tmp_path / "ok.png")) == (SIZE, SIZE)
+
+
+def test_merge_masks_mismatched_geometry(tmp_path: Path) -> None:
+    a = img(tmp_path / "a_mask.png", np.zeros((SIZE, SIZE), np.uint8))
+    b = img(tmp_path / "a_mask_1.png", np.zeros((SIZE, SIZE + 2), np.uint8))
+    err = assert_names(lambda: merge_masks([a, b]), b, r"mask shape \(16, 18\) does not match")
+    assert a.name in str(err)
+    assert_names(lambda: merge_masks([]), "merge_masks", "no mask files")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# DICOM: dicom_frame_info, read_dicom_frame, read_frame, LoadFramed
+
+ALL_DCM = {"dicom_frame_info", "read_dicom_frame", "read_frame", "LoadFramed"}
+DICOM_BAD: dict[str, tuple[Callable[[Path], Path], str, set[str]]] = {
+    "zero-byte": (lambda p: put(p, b""), r"empty file", ALL_DCM),
+    "truncated-in-pixel-data": (lambda p: cut(dcm(p), 0.8), r"pixel data holds \d+ bytes, the image needs", ALL_DCM),
+    "truncated-in-element": (lambda p: cut_in_element(dcm(p), 0x00080018), r"truncated.*\(0008,0018\)", ALL_DCM),
+    "truncated-after-element": (lambda p: cut_in_element(dcm(p), 0x00080018, 4), r"truncated.*after element", ALL_DCM),
+    "truncated-in-meta": (lambda p: cut(dcm(p), 200), r"truncated.*file meta information", ALL_DCM),
+    "truncated-in-meta-header": (lambda p: cut(dcm(p), 141), r"damaged or truncated", ALL_DCM),
+    "truncated-in-preamble": (lambda p: cut(dcm(p), 100), r"not a DICOM", ALL_DCM),
+    "garbage": (lambda p: put(p, b"MZ\x90\x00" * 100), r"not a DICOM", ALL_DCM),
+    "rows-zero": (lambda p: dcm(p, rows=0), r"invalid image size.*Rows", ALL_DCM),
+    "one-pixel": (lambda p: dcm(p, np.zeros((1, 1), np.uint16)), r"1 x 1 pixels", {"read_frame", "LoadFramed"}),
+    "nan-float-pixels": (
+        lambda p: dcm(p, np.where(np.eye(SIZE) > 0, np.nan, 3.0).astype(np.float32)),
+        r"16 NaN or infinite",
+        {"read_dicom_frame", "read_frame", "LoadFramed"},
+    ),
+    "missing": (lambda p: p, r"not found", ALL_DCM),
+}
+
+
+def _dicom_cases() -> list[tuple[str, str]]:
+    return [(kind, reader) for kind, (*_, readers) in DICOM_BAD.items() for reader in sorted(readers)]
+
+
+@pytest.mark.parametrize("kind, reader", _dicom_cases(), ids=[f"{k}-{r}" for k, r in _dicom_cases()])
+def test_dicom_readers(tmp_path: Path, kind: str, reader: str) -> None:
+    write, pattern, _ = DICOM_BAD[kind]
+    path = write(tmp_path / "image.dcm")
+    fn = {
+        "dicom_frame_info": lambda: dicom_frame_info(path),
+        "read_dicom_frame": lambda: read_dicom_frame(path),
+        "read_frame": lambda: read_frame(path),
+        "LoadFramed": lambda: load2d(path),
+    }[reader]
+    assert_names(fn, path, pattern, FileNotFoundError if kind == "missing" else ValueError)
+
+
+def test_dicom_generated_file_is_valid(tmp_path: Path) -> None:
+    path = dcm(tmp_path / "ok.dcm")
+    assert dicom_frame_info(path) == (1, None)
+    out = read_dicom_frame(path)
+    assert out.shape == (SIZE, SIZE) and out.min() == 0.0 and out.max() == 255.0
+    with pytest.raises(IndexError, match=re.escape(str(path)) + ".*out of range"):
+        read_dicom_frame(path, 1)
+    # generic DICOM readers accept a valid 1 x 1 image; the 2D classification readers refuse it (above)
+    assert read_dicom_frame(dcm(tmp_path / "one.dcm", np.zeros((1, 1), np.uint16))).shape == (1, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# video: video_frame_info, read_video_frames, read_frame, LoadFramed
+
+ALL_VID = {"video_frame_info", "read_video_frames", "read_frame", "LoadFramed"}
+VIDEO_BAD: dict[str, tuple[str, Callable[[Path], Path], str, set[str]]] = {
+    "zero-byte-mp4": ("clip.mp4", lambda p: put(p, b""), r"empty file", ALL_VID),
+    "truncated-mp4": ("clip.mp4", lambda p: cut(mp4(p), 0.5), r"not a decodable video", ALL_VID),
+    "header-only-mp4": ("clip.mp4", lambda p: cut(mp4(p, faststart=True), 0.5), r"not a decodable video", ALL_VID),
+    "garbage-mp4": ("clip.mp4", lambda p: put(p, b"not a video\n" * 100), r"not a decodable video", ALL_VID),
+    "zero-byte-gif": ("clip.gif", lambda p: put(p, b""), r"empty file", ALL_VID),
+    "truncated-gif": ("clip.gif", lambda p: cut(gif(p), 0.5), r"not a decodable video", {"video_frame_info"}),
+    "gif-cut-in-header": ("clip.gif", lambda p: cut(gif(p), 40), r"not a decodable video", ALL_VID),
+    "missing": ("nothere.mp4", lambda p: p, r"not found", ALL_VID),
+}
+
+
+def _video_cases() -> list[tuple[str, str]]:
+    return [(kind, reader) for kind, (*_, readers) in VIDEO_BAD.items() for reader in sorted(readers)]
+
+
+@pytest.mark.parametrize("kind, reader", _video_cases(), ids=[f"{k}-{r}" for k, r in _video_cases()])
+def test_video_readers(tmp_path: Path, kind: str, reader: str) -> None:
+    name, write, pattern, _ = VIDEO_BAD[kind]
+    path = write(tmp_path / name)
+    fn = {
+        "video_frame_info": lambda: video_frame_info(path),
+        "read_video_frames": lambda: read_video_frames(path, [0]),
+        "read_frame": lambda: read_frame(path, 0),
+        "LoadFramed": lambda: load2d(path, 0),
+    }[reader]
+    assert_names(fn, path, pattern, FileNotFoundError if kind == "missing" else ValueError)
+
+
+def test_video_truncated_after_intact_header(tmp_path: Path) -> None:
+    """The header (moov first) survives, the frame data is cut: the count comes from the header, reading past the
+    data says the file is truncated; a truncated GIF still gives the frames it holds, and names the file past them."""
+    path = cut(mp4(tmp_path / "clip.mp4", faststart=True), 0.9)
+    assert video_frame_info(path) == (10, 10.0)
+    assert read_video_frames(path, [0])[0].shape == (SIZE, SIZE, 3)
+    n, _ = video_frame_info(path, count_by_decoding=True)
+    assert 0 < n < 10
+    assert_names(lambda: read_video_frames(path, [9]), path, r"header says 10 frames.*truncated", IndexError)
+    assert_names(lambda: load2d(path, 9), path, r"truncated", IndexError)
+    g = cut(gif(tmp_path / "clip.gif"), 0.5)
+    assert read_video_frames(g, [0])[0].shape == (SIZE, SIZE, 3)
+    assert_names(lambda: read_video_frames(g, [5]), g, r"not a decodable video")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# BUSI
+
+
+def busi(root: Path) -> Path:
+    """Two good cases per class."""
+    for cls in ("benign", "malignant", "normal"):
+        for n in (1, 2):
+            img(root / cls / f"{cls} ({n}).png")
+            img(root / cls / f"{cls} ({n})_mask.png", np.zeros((SIZE, SIZE), np.uint8))
+    return root
+
+
+BUSI_BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "zero-byte-image": (lambda f: put(f / "benign (1).png", b""), r"empty file"),
+    "truncated-image": (lambda f: _png_cut(f / "benign (1).png"), r"truncated"),
+    "jpeg-named-png": (lambda f: img(f / "benign (1).png", fmt="JPEG"), r"a JPEG file, expected PNG"),
+    "one-pixel-image": (lambda f: img(f / "benign (1).png", np.zeros((1, 1), np.uint8)), r"1 x 1 pixels"),
+    "animated-image": (lambda f: stack(f / "benign (1).png"), r"3 frames"),
+    "zero-byte-mask": (lambda f: put(f / "benign (1)_mask.png", b""), r"empty file"),
+    "truncated-mask": (lambda f: _png_cut(f / "benign (1)_mask.png"), r"truncated"),
+    "mask-size-mismatch": (
+        lambda f: img(f / "benign (1)_mask.png", np.zeros((SIZE, SIZE + 4), np.uint8)),
+        r"mask of 20 x 16 pixels does not match its image .*benign \(1\)\.png of 16 x 16",
+    ),
+    "second-mask-size-mismatch": (
+        lambda f: img(f / "benign (1)_mask_1.png", np.zeros((SIZE + 1, SIZE), np.uint8)),
+        r"does not match its image",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(BUSI_BAD))
+def test_busi_bad_files(tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    root = busi(tmp_path / "Dataset_BUSI_with_GT")
+    write, pattern = BUSI_BAD[kind]
+    bad = write(root / "benign")
+    assert_names(lambda: busi_datalist(root), bad, pattern)
+    with caplog.at_level(logging.WARNING, logger="monai_metalr"):
+        items = busi_datalist(root, on_error="skip")
+    assert [i["case_id"] for i in items if i["class_name"] == "benign"] == ["benign (2)"]  # image and masks gone
+    assert len(items) == 5
+    warnings = skip_warnings(caplog)
+    assert any(bad.name in w and re.search(pattern, w, re.IGNORECASE) for w in warnings), warnings
+    assert any("skipped 1 of 6 case(s)" in w for w in warnings)
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_busi_duplicate_case_number(tmp_path: Path, on_error: str) -> None:
+    root = busi(tmp_path / "Dataset_BUSI_with_GT")
+    dup = img(root / "benign" / "benign (01).png")
+    err = assert_names(lambda: busi_datalist(root, on_error=on_error), dup, r"duplicate BUSI image")
+    assert "benign (1).png" in str(err)
+
+
+def test_busi_all_broken(tmp_path: Path) -> None:
+    root = busi(tmp_path / "Dataset_BUSI_with_GT")
+    for path in root.rglob("*).png"):
+        put(path, b"")
+    assert_names(lambda: busi_datalist(root, on_error="skip"), root, r"all 6 case\(s\) found are broken")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Kermany chest X-ray
+
+
+def cxr(root: Path) -> Path:
+    for split in ("train", "val", "test"):
+        for cls, stem in (("NORMAL", "IM-0001-0001"), ("PNEUMONIA", "person1_virus_1")):
+            img(root / "chest_xray" / split / cls / f"{stem}.jpeg")
+            img(root / "chest_xray" / split / cls / f"{stem[:-1]}2.jpeg")
+    return root
+
+
+CXR_BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "zero-byte-jpeg": (lambda f: put(f / "IM-0001-0001.jpeg", b""), r"empty file"),
+    "truncated-jpeg": (lambda f: _jpeg_cut(f / "IM-0001-0001.jpeg"), r"truncated"),
+    "html-as-jpeg": (lambda f: put(f / "IM-0001-0001.jpeg", b"<html>error</html>" * 10), r"not a readable image"),
+    "truncated-png": (lambda f: _png_cut(f / "IM-0009-0001.png"), r"truncated"),
+    "one-pixel-jpeg": (lambda f: img(f / "IM-0001-0001.jpeg", np.zeros((1, 1), np.uint8)), r"1 x 1 pixels"),
+    "gif-named-jpeg": (lambda f: gif(f / "IM-0001-0001.jpeg"), r"a GIF file, expected JPEG or PNG"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CXR_BAD))
+def test_chestxray_bad_files(tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    root = cxr(tmp_path)
+    write, pattern = CXR_BAD[kind]
+    bad = write(root / "chest_xray" / "train" / "NORMAL")
+    assert_names(lambda: chestxray_datalist(root), bad, pattern)
+    with caplog.at_level(logging.WARNING, logger="monai_metalr"):
+        items = chestxray_datalist(root, on_error="skip")
+    assert str(bad) not in [i["image"] for i in items] and len(items) == 12 + (kind == "truncated-png") - 1
+    assert any(bad.name in w and re.search(pattern, w, re.IGNORECASE) for w in skip_warnings(caplog))
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_chestxray_duplicate_case_id(tmp_path: Path, on_error: str) -> None:
+    """``x.jpeg`` and ``x.png`` in one class folder would share the case id ``<split>/<class>/x``."""
+    root = cxr(tmp_path)
+    dup = img(root / "chest_xray" / "test" / "PNEUMONIA" / "person1_virus_1.png")
+    err = assert_names(lambda: chestxray_datalist(root, on_error=on_error), dup, r"duplicate image for case")
+    assert "person1_virus_1.jpeg" in str(err)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# POCUS
+
+
+def pocus(root: Path) -> Path:
+    mp4(root / "pocus_videos" / "convex" / "Cov-clip.mp4", n=6)
+    gif(root / "pocus_videos" / "convex" / "Reg-clip.gif", n=4)
+    img(root / "pocus_images" / "convex" / "Pneu-image.png")
+    return root
+
+
+POCUS_BAD: dict[str, tuple[str, Callable[[Path], Path], str]] = {
+    "zero-byte-mp4": ("pocus_videos/convex/Cov-bad.mp4", lambda p: put(p, b""), r"empty file"),
+    "truncated-mp4": ("pocus_videos/convex/Cov-bad.mp4", lambda p: cut(mp4(p), 0.5), r"not a decodable video"),
+    "garbage-mp4": ("pocus_videos/convex/Cov-bad.mp4", lambda p: put(p, b"junk" * 99), r"not a decodable video"),
+    "truncated-gif": ("pocus_videos/convex/Cov-bad.gif", lambda p: cut(gif(p), 0.5), r"not a decodable video"),
+    "zero-byte-png": ("pocus_images/convex/Cov-bad.png", lambda p: put(p, b""), r"empty file"),
+    "truncated-png": ("pocus_images/convex/Cov-bad.png", _png_cut, r"not a readable image.*truncated"),
+    "one-pixel-png": ("pocus_images/convex/Cov-bad.png", lambda p: img(p, np.zeros((1, 1), np.uint8)), r"1 x 1"),
+    "animated-png": ("pocus_images/convex/Cov-bad.png", stack, r"animated PNG of 3 frames"),
+    "truncated-jpeg": ("pocus_images/convex/Cov-bad.jpg", _jpeg_cut, r"not a readable image.*truncated"),
+}
+
+
+@pytest.mark.parametrize("kind", list(POCUS_BAD))
+def test_pocus_bad_files(tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    root = pocus(tmp_path / "data")
+    rel, write, pattern = POCUS_BAD[kind]
+    bad = write(root / rel)
+    frames = tmp_path / "frames"
+    assert_names(lambda: pocus_datalist(root, frame_dir=frames), bad, pattern)
+    with caplog.at_level(logging.WARNING, logger="monai_metalr"):
+        items = pocus_datalist(root, frame_dir=frames, on_error="skip")
+    assert {i["source"] for i in items} == {str(p) for p in root.rglob("*-clip.*")} | {
+        str(root / "pocus_images" / "convex" / "Pneu-image.png")
+    }
+    warnings = skip_warnings(caplog)
+    assert any(bad.name in w and re.search(pattern, w, re.IGNORECASE) for w in warnings), warnings
+    assert any("skipped 1 of 4 file(s)" in w for w in warnings)
+
+
+def test_pocus_truncated_video_with_intact_header_keeps_decodable_frames(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = pocus(tmp_path / "data")
+    bad = cut(mp4(root / "pocus_videos" / "convex" / "Cov-cut.mp4", faststart=True), 0.9)
+    with caplog.at_level(logging.WARNING):
+        items = pocus_datalist(root, frame_dir=tmp_path / "frames", sample_fps=None)
+    frames = [i["frame"] for i in items if i["source"] == str(bad)]
+    assert frames and max(frames) < 9  # only the frames that decode
+    assert any(str(bad) in r.getMessage() and "header says 10 frames" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_pocus_duplicate_group(tmp_path: Path, on_error: str) -> None:
+    root = pocus(tmp_path / "data")
+    dup = mp4(root / "pocus_videos" / "Convex" / "Cov-clip.mp4", n=3)
+    assert_names(lambda: pocus_datalist(root, frame_dir=tmp_path / "f", on_error=on_error), dup, r"same probe and file")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# classification_inference_list
+
+
+INFERENCE_BAD: dict[str, tuple[str, Callable[[Path], Path], str]] = {
+    "zero-byte-png": ("a.png", lambda p: put(p, b""), r"empty file"),
+    "truncated-png": ("a.png", _png_cut, r"truncated"),
+    "truncated-jpeg": ("a.jpg", _jpeg_cut, r"truncated"),
+    "one-pixel-png": ("a.png", lambda p: img(p, np.zeros((1, 1), np.uint8)), r"1 x 1 pixels"),
+    "multipage-tiff": ("a.tif", stack, r"3 frames"),
+    "zero-byte-dicom": ("a.dcm", lambda p: put(p, b""), r"empty file"),
+    "truncated-dicom": ("a.dcm", lambda p: cut(dcm(p), 0.8), r"pixel data holds"),
+    "truncated-dicom-header": ("a.dcm", lambda p: cut_in_element(dcm(p), 0x00280010), r"truncated"),
+    "rows-zero-dicom": ("a.dcm", lambda p: dcm(p, rows=0), r"invalid image size"),
+    "one-pixel-dicom": ("a.dcm", lambda p: dcm(p, np.zeros((1, 1), np.uint16)), r"1 x 1 pixels"),
+    "zero-byte-mp4": ("a.mp4", lambda p: put(p, b""), r"empty file"),
+    "truncated-mp4": ("a.mp4", lambda p: cut(mp4(p), 0.5), r"not a decodable video"),
+    "truncated-gif": ("a.gif", lambda p: cut(gif(p), 0.5), r"not a decodable video"),
+}
+
+
+@pytest.mark.parametrize("kind", list(INFERENCE_BAD))
+def test_inference_list_bad_files(tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    good = [img(tmp_path / "ok.png"), dcm(tmp_path / "sub" / "ok.dcm"), gif(tmp_path / "ok.gif", n=3)]
+    name, write, pattern = INFERENCE_BAD[kind]
+    bad = write(tmp_path / "sub" / name)
+    assert_names(lambda: classification_inference_list(tmp_path), bad, pattern)
+    with caplog.at_level(logging.WARNING, logger="monai_metalr"):
+        items = classification_inference_list(tmp_path, on_error="skip")
+    assert {i["source"] for i in items} == {str(p) for p in good}
+    warnings = skip_warnings(caplog)
+    assert any(bad.name in w and re.search(pattern, w, re.IGNORECASE) for w in warnings), warnings
+    assert any("skipped 1 of 4 file(s)" in w for w in warnings)
+
+
+def test_inference_list_nan_dicom_fails_at_load_time(tmp_path: Path) -> None:
+    """The list reads headers only; the NaN pixels of a float DICOM are caught when the frame is loaded."""
+    bad = dcm(tmp_path / "nan.dcm", np.full((SIZE, SIZE), np.nan, np.float32))
+    items = classification_inference_list(tmp_path)
+    assert [i["image"] for i in items] == [str(bad)]
+    assert_names(lambda: LoadFramed("image")(items[0]), bad, r"NaN")
+
+
+def test_inference_list_folder_errors(tmp_path: Path) -> None:
+    assert_names(lambda: classification_inference_list(tmp_path / "nope"), "nope", r"does not exist", FileNotFoundError)
+    put(tmp_path / "a.png", b"")
+    assert_names(lambda: classification_inference_list(tmp_path, on_error="skip"), tmp_path, r"all 1 file\(s\)")
+    (tmp_path / "a.png").unlink()
+    assert_names(lambda: classification_inference_list(tmp_path), tmp_path, r"no images")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# on_error: the six datalist builders that scan folders
+
+
+def _busi(t: Path, on_error: str) -> object:
+    return busi_datalist(busi(t / "Dataset_BUSI_with_GT"), on_error=on_error)
+
+
+def _lits(t: Path, on_error: str) -> object:
+    nii(t / "volume-0.nii"), nii(t / "segmentation-0.nii", seg())
+    return lits_datalist(t, on_error=on_error)
+
+
+def _lits_inference(t: Path, on_error: str) -> object:
+    nii(t / "volume-0.nii")
+    return lits_inference_list(t, on_error=on_error)
+
+
+BUILDERS: dict[str, Callable[[Path, str], object]] = {
+    "lits_datalist": _lits,
+    "lits_inference_list": _lits_inference,
+    "busi_datalist": _busi,
+    "chestxray_datalist": lambda t, e: chestxray_datalist(cxr(t), on_error=e),
+    "pocus_datalist": lambda t, e: pocus_datalist(pocus(t / "data"), frame_dir=t / "frames", on_error=e),
+    "classification_inference_list": lambda t, e: classification_inference_list(img(t / "a.png").parent, on_error=e),
+}
+
+
+@pytest.mark.parametrize("builder", list(BUILDERS))
+def test_on_error_values(tmp_path: Path, builder: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="monai_metalr"):
+        raised, skipped = BUILDERS[builder](tmp_path / "a", "raise"), BUILDERS[builder](tmp_path / "b", "skip")
+    assert raised and len(raised) == len(skipped)  # type: ignore[arg-type]
+    assert not skip_warnings(caplog)  # nothing broken, nothing skipped, no summary
+    for bad in ("ignore", "Skip", None, True):
+        with pytest.raises(ValueError, match=r"on_error must be 'raise' or 'skip', got"):
+            BUILDERS[builder](tmp_path / f"x{bad}", bad)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# splits on bad datalists
+
+
+def test_split_cases_duplicates_and_bad_items() -> None:
+    items = [{"image": f"/d/volume-{i}.nii", "label": f"/d/seg-{i}.nii", "case_id": str(i)} for i in range(4)]
+    dup = [*items, {"image": "/d/sub/volume-03.nii", "case_id": "3"}]
+    assert_names(lambda: split_cases(dup, None), "volume-03.nii", r"case id '3' more than once.*volume-3\.nii")
+    assert_names(lambda: split_cases([*items, {"image": "/d/x.nii"}], None), "x.nii", r"no 'case_id'")
+    with pytest.raises(ValueError, match=r"item 4 is not a dict"):
+        split_cases([*items, "/d/volume-9.nii"], None)  # type: ignore[list-item]
+
+
+def test_split_classification_duplicates_and_bad_items() -> None:
+    items = [{"image": f"/d/{c}{i}.png", "label": c, "case_id": f"{c}{i}"} for c in (0, 1) for i in range(4)]
+    dup = [*items, {"image": "/d/other/00.png", "label": 0, "case_id": "00"}]
+    assert_names(lambda: split_classification(dup, None), "00.png", r"case id '00' more than once.*/d/00\.png")
+    assert_names(lambda: split_classification([*items, {"image": "/d/y.png", "label": 0}], None), "y.png", "case_id")
+    no_label = [*items, {"image": "/d/z.png", "case_id": "z"}]
+    assert_names(lambda: split_classification(no_label, None), "z.png", r"has no 'label'")
+    nan_label = [*items, {"image": "/d/n.png", "case_id": "n", "label": float("nan")}]
+    assert_names(lambda: split_classification(nan_label, None), "n.png", r"has no 'label'.*nan")
