@@ -220,6 +220,9 @@ class AdamDirection(Direction):
         if cp:
             torch._foreach_addcmul_(out, g, p, value=2.0 * (1.0 - beta2) * cg * cp)
             torch._foreach_addcmul_(out, p, p, value=(1.0 - beta2) * cp * cp)
+            # where g + wd*theta nearly cancels, the expanded square can round to a tiny negative number,
+            # and its square root would be NaN; the true value is >= 0
+            torch._foreach_clamp_min_(out, 0.0)
         if amsgrad and has_state:
             torch._foreach_maximum_(out, [state[self.params[i]]["max_exp_avg_sq"] for i in idx])
         torch._foreach_sqrt_(out)

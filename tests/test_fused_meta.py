@@ -165,3 +165,23 @@ def test_cuda_meta_step_makes_no_host_sync(optimizer):
         assert h is not None and h.device.type == "cuda"
     assert meta.lrs.device.type == "cuda"
     assert meta.num_meta_steps == 4
+
+
+def test_adam_direction_is_finite_where_weight_decay_cancels_the_gradient():
+    """g + wd*theta ~ 0: the expanded square g^2 + 2 wd g theta + wd^2 theta^2 can round below 0 in float32."""
+    from monai_metalr.directions import make_direction
+
+    torch.manual_seed(0)
+    weight = nn.Parameter(torch.randn(4096))
+    other = nn.Parameter(torch.randn(8))
+    wd = 0.1
+    opt = torch.optim.Adam([{"params": [weight]}, {"params": [other]}], lr=1e-3, weight_decay=wd)
+    weight.grad = -wd * weight.detach() * (1 + 1e-7 * torch.randn(4096))
+    other.grad = torch.randn(8)
+    direction = make_direction(opt, [weight, other], "optimizer")
+    out = [torch.empty_like(weight), torch.empty_like(other)]
+    direction.write_(out, [torch.empty_like(weight), torch.empty_like(other)])
+    assert torch.isfinite(out[0]).all() and torch.isfinite(out[1]).all()
+    # u = m'/(bc1 * D) with D >= eps; here m' = 0.1 * (g + wd*theta) is tiny, so |u| stays bounded
+    expected_bound = (0.1 * (weight.grad + wd * weight.detach()).abs()).max() / (0.1 * 1e-8)
+    assert out[0].abs().max() <= expected_bound * 1.01 + 1e-6
