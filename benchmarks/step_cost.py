@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--networks", nargs="+", default=["resnet18_2d", "unet3d"])
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds per mode (after 2 warm-up rounds)")
     parser.add_argument("--small", action="store_true", help="tiny sizes (a smoke test, not a measurement)")
+    parser.add_argument("--memory-jobs", type=int, default=1, help="memory-measuring processes run at once")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -266,8 +268,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for network in args.networks:
         times = measure_times(network, device, args.amp, args.repeats, args.small)
         result[network] = {}
+        # each process measures only its own memory, so they may run side by side (GPU memory permitting)
+        with ThreadPoolExecutor(max_workers=args.memory_jobs) as pool:
+            peaks = dict(zip(MODES, pool.map(lambda mode: peak_in_fresh_process(network, mode, args), MODES)))
         for mode in MODES:
-            peak = peak_in_fresh_process(network, mode, args)
+            peak = peaks[mode]
             result[network][mode] = {"time_s": round(times[mode], 5), "peak_mb": round(peak, 1)}
             print(f"{network:12s} {mode:14s} {times[mode]:8.4f} s  {peak:8.1f} MB", flush=True)
     result["device"] = device_name(device, args.amp)

@@ -27,8 +27,23 @@ def bundle_cli(
 
     With ``nproc`` > 0 it runs under ``torchrun --standalone --nproc_per_node nproc`` instead.
     """
+    cmd = bundle_command(bundle, command, configs, *args, nproc=nproc, **overrides)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)}\nexit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def bundle_command(
+    bundle: str, command: str, configs: list[str] | None, *args: str, nproc: int = 0, **overrides
+) -> list[str]:
+    """The command line :func:`bundle_cli` runs."""
     root = BUNDLES / bundle
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else [sys.executable]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        if nproc
+        else [sys.executable]
+    )
     cmd = [*launcher, "-m", "monai.bundle", command, *args]
     if configs:
         files = [str(root / "configs" / c) for c in configs]
@@ -38,10 +53,7 @@ def bundle_cli(
         cmd += ["--bundle_root", str(root), "--logging_file", str(root / "configs" / "logging.conf")]
     for key, value in overrides.items():
         cmd += [f"--{key}", str(value)]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)}\nexit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc
+    return cmd
 
 
 def synthetic_ct(shape: tuple[int, int, int], seed: int, tumour: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -53,9 +53,14 @@ def test_authors_style_step_updates_lrs_and_weights(net64):
     assert sum(changed) >= len(changed) - 2  # a conv bias before BatchNorm has no gradient
 
 
-def test_step_cost_script_writes_the_issue_json_shape(tmp_path):
+def test_step_cost_script_writes_the_issue_json_shape(tmp_path, monkeypatch):
     import step_cost
 
+    # the memory of each mode is measured here in this process (the next test runs the fresh-process path)
+    def in_this_process(network, mode, args):
+        return step_cost.measure_peak_mb(network, mode, torch.device(args.device), args.amp, args.small)
+
+    monkeypatch.setattr(step_cost, "peak_in_fresh_process", in_this_process)
     out = tmp_path / "cost.json"
     step_cost.main(["--small", "--networks", "resnet18_2d", "--repeats", "1", "--out", str(out)])
     result = json.loads(out.read_text())
@@ -64,6 +69,16 @@ def test_step_cost_script_writes_the_issue_json_shape(tmp_path):
     for entry in result["resnet18_2d"].values():
         assert entry["time_s"] > 0 and entry["peak_mb"] > 0
     assert result["device"].startswith("cpu: ")
+
+
+def test_step_cost_memory_child_process():
+    import argparse
+
+    import step_cost
+
+    args = argparse.Namespace(device="cpu", amp=False, small=True)
+    plain = step_cost.peak_in_fresh_process("resnet18_2d", "plain", args)
+    assert 1.0 < plain < 4096.0  # MB above the built-model baseline: a real, positive measurement
 
 
 def test_meta_overhead_script_runs(tmp_path):

@@ -15,6 +15,7 @@ from bundle_helpers import BUNDLES, REPO, bundle_cli
 from PIL import Image
 
 from monai_metalr.analysis import read_lr_csv
+from monai_metalr.networks import get_classifier
 
 SCHEMA = REPO.parent / "shared" / "monai-schema" / "meta_schema_20240725.json"
 TINY = {
@@ -175,14 +176,33 @@ def test_metadata_and_network_shapes(bundle, tmp_path):
                       device="cpu")
 
 
-def test_busi_multi_gpu_config_under_torchrun(tmp_path):
-    data = make_busi(tmp_path / "data")
+@pytest.mark.parametrize("bundle", list(MAKERS))
+def test_multi_gpu_config_under_torchrun(bundle, tmp_path):
+    data = MAKERS[bundle](tmp_path / "data")
     out = tmp_path / "out"
-    bundle_cli("busi_classification", "run", ["train.json", "multi_gpu_train.json"], tmp_path, nproc=2,
-               dataset_dir=data, output_dir=out, **{**TINY, "image_size": "[64,64]"})
-    history, groups = read_lr_csv(out / "metalr_lr.csv")
+    bundle_cli(bundle, "run", ["train.json", "multi_gpu_train.json"], tmp_path, nproc=2,
+               dataset_dir=data, output_dir=out, **{**TINY, "image_size": "[64,64]", "batch_size": 2})
+    history, groups = read_lr_csv(out / "metalr_lr.csv")  # (each rank gets half of the tiny train split)
     assert len(history["step"]) == 2 and groups[-1] == "head"
     assert (out / "model.pt").is_file()
+
+
+def test_same_seed_gives_bit_identical_lrs_and_weights(trained, tmp_path):
+    """On CPU, a second run with the same seed repeats the first bit for bit (data order, augmentation,
+    MetaLR's meta batches, LRs and weights)."""
+    bundle, data, out = trained
+    again = tmp_path / "again"
+    bundle_cli(bundle, "run", ["train.json"], tmp_path, dataset_dir=data, output_dir=again, **TINY)
+    first, second = (torch.load(o / "checkpoint_final.pt", weights_only=True) for o in (out, again))
+    assert (out / "metalr_lr.csv").read_bytes() == (again / "metalr_lr.csv").read_bytes()
+    for key in ("lr", "hypergrad", "meta_loss"):  # a skipped (non-finite) step is NaN in both
+        torch.testing.assert_close(first["metalr"]["history"][key], second["metalr"]["history"][key],
+                                   rtol=0, atol=0, equal_nan=True, msg=key)
+    assert first["model"].keys() == second["model"].keys()
+    assert all(torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
+    # not vacuous: the pre-trained stem (the same ImageNet weights at the start of both runs) was trained
+    initial = get_classifier("efficientnet_lite0", len(CLASSES[bundle])).state_dict()
+    assert not torch.equal(initial["_conv_stem.weight"], first["model"]["_conv_stem.weight"])
 
 
 def test_pocus_paper_protocol_tests_on_the_chosen_pickle_fold(tmp_path):

@@ -113,12 +113,20 @@ def _allow_safe_globals() -> contextlib.AbstractContextManager:
     return allow(_SAFE_GLOBALS) if allow is not None else contextlib.nullcontext()
 
 
-def _read_checkpoint(path: Path, map_location: Any) -> Any:
+def read_torch_file(path: Path, map_location: Any) -> Any:
+    """``torch.load(weights_only=True)`` (or a TorchScript archive's state dict) with errors that name the file
+    and say what is wrong with it (empty, truncated, foreign, or holding disallowed Python objects)."""
     if _is_torchscript(path):  # e.g. MONAI's ckpt_export output or a bundle's model.ts
         try:
             return torch.jit.load(str(path), map_location=map_location).state_dict()
         except Exception as e:
             raise ValueError(f"{path} cannot be read as a TorchScript archive: {_why(path, e)}") from e
+    with open(path, "rb") as f:
+        head = f.read(8)
+    # torch.save writes a zip archive (or, before PyTorch 1.6, a pickle stream); say so before unpickling
+    # something else, whose error would be misleading (e.g. "weights only" for a text file)
+    if not head.startswith(b"PK") and head[:1] != b"\x80":
+        raise ValueError(f"{path} cannot be read as a PyTorch checkpoint: {_why(path, ValueError('bad header'))}")
     try:
         with _allow_safe_globals():
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -257,7 +265,7 @@ def load_pretrained(
         raise FileNotFoundError(f"pretrained checkpoint {file} does not exist")
     if file.is_dir():
         raise ValueError(f"{file} cannot be read as a PyTorch checkpoint: it is a directory")
-    source = _unwrap_checkpoint(_read_checkpoint(file, map_location), file)
+    source = _unwrap_checkpoint(read_torch_file(file, map_location), file)
 
     target = unwrap_model(model)
     own = target.state_dict()
