@@ -1,0 +1,633 @@
+"""Fine-tuning strategies: the baselines MetaLR is compared with, and MetaLR itself, behind one config key.
+
+Every strategy is built from ``(name, network, lr, head_lr, groups)`` by :func:`make_strategy` and gives
+
+- :meth:`~FineTuningStrategy.param_groups`: optimizer parameter groups, one per layer group, each with its
+  ``"name"`` (the layer-group name of :func:`monai_metalr.layer_groups`, ordered input -> output; the last
+  group is the head);
+- :meth:`~FineTuningStrategy.wrap_loss`: the training loss (only ``l2sp`` adds a penalty);
+- :meth:`~FineTuningStrategy.handlers`: Ignite handlers for a MONAI ``SupervisedTrainer`` (the epoch-wise
+  freezing schedule, logging, and for ``metalr`` the :class:`~monai_metalr.MetaLRHandler`).
+
+Bundle config::
+
+    "strategy": "lpft", "strategy_kwargs": {"probe_epochs": 5},
+    "strategy_def": "$monai_metalr.strategies.make_strategy(@strategy, @network, lr=@lr, head_lr=@head_lr,
+                     **@strategy_kwargs)",
+    "optimizer": {"_target_": "torch.optim.Adam", "params": "$@strategy_def.param_groups()"},
+    "loss": "$@strategy_def.wrap_loss(@base_loss)",
+    train handlers: "$@strategy_def.handlers(meta_loader=@meta#dataloader, output_dir=@output_dir, **@metalr_kwargs)"
+
+A frozen group has ``requires_grad=False``, ``.grad`` set to ``None`` (so ``torch.optim`` skips it even
+when the trainer zeroes gradients instead of dropping them), and all its modules in eval mode at every
+forward of the network (a forward pre-hook: MONAI's ``SupervisedTrainer`` calls ``network.train()``
+inside every iteration, after ``ITERATION_STARTED``), so BatchNorm running statistics stay put.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from monai.utils import min_version, optional_import
+from torch import Tensor, nn
+
+from .groups import GroupsSpec, layer_groups, param_groups, unwrap_model
+
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+
+__all__ = [
+    "STRATEGIES",
+    "AllLayers",
+    "Bidirectional",
+    "FineTuningStrategy",
+    "L2SP",
+    "L2SPLoss",
+    "LPFT",
+    "LastLayer",
+    "LayerDecay",
+    "MetaLRStrategy",
+    "StrategyHandler",
+    "make_strategy",
+]
+
+logger = logging.getLogger("monai_metalr.strategies")
+
+
+def _group_root_modules(model: nn.Module, spec: dict[str, list[str]]) -> tuple[dict[str, list[nn.Module]], list[str]]:
+    """Per group, the largest submodules whose parameters all belong to that group (``.eval()`` on them
+    reaches every descendant, parameter-free ones such as ``BatchNorm(affine=False)`` included); and the
+    names of modules with buffers that lie under no such root (their mode follows the network's)."""
+    owner = {pname: g for g, names in spec.items() for pname in names}
+    under: dict[str, set[str]] = {}
+    for pname, g in owner.items():
+        parts = pname.split(".")[:-1]
+        for i in range(len(parts) + 1):
+            under.setdefault(".".join(parts[:i]), set()).add(g)
+    roots: dict[str, list[nn.Module]] = {g: [] for g in spec}
+    root_names: list[str] = []
+    for mname, module in model.named_modules():
+        if not mname or len(under.get(mname, ())) != 1:
+            continue
+        parent = mname.rsplit(".", 1)[0] if "." in mname else ""
+        if under.get(parent) != under[mname]:
+            (g,) = under[mname]
+            roots[g].append(module)
+            root_names.append(mname)
+    orphans = [
+        mname
+        for mname, module in model.named_modules()
+        if any(True for _ in module.buffers(recurse=False))
+        and not any(mname == r or mname.startswith(r + ".") for r in root_names)
+    ]
+    return roots, orphans
+
+
+def _check_positive(strategy: str, name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"strategy {strategy!r}: {name} must be a positive number, got {value!r}")
+
+
+def _check_ddp(network: nn.Module, strategy: str) -> None:
+    """A DDP-wrapped network whose trainable set changes after wrapping needs ``find_unused_parameters``."""
+    if isinstance(network, nn.parallel.DistributedDataParallel):
+        if not getattr(network, "find_unused_parameters", False) or getattr(network, "static_graph", False):
+            raise ValueError(
+                f"strategy {strategy!r} freezes layer groups of a network already wrapped in "
+                "DistributedDataParallel: wrap it with find_unused_parameters=True (and static_graph=False)"
+            )
+
+
+class FineTuningStrategy:
+    """Base class: every layer group trains at ``lr`` (the head at ``head_lr``), nothing is frozen.
+
+    Args:
+        network: the (pre-trained) network; DDP / DataParallel / ``torch.compile`` wrappers are seen through.
+        lr: learning rate of the non-head groups.
+        head_lr: learning rate of the head (the last layer group); ``None`` means ``lr``.
+        groups: layer groups, as for :func:`monai_metalr.layer_groups` (computed once, at construction).
+
+    Raises:
+        ValueError: a non-positive ``lr`` / ``head_lr``, or what :func:`~monai_metalr.layer_groups` raises.
+    """
+
+    name: ClassVar[str] = "base"
+    #: whether the set of trainable groups can change during training (needs the handler / ``set_epoch``)
+    changes_trainable: ClassVar[bool] = False
+    #: the least number of layer groups the strategy works with
+    min_groups: ClassVar[int] = 1
+
+    def __init__(
+        self, network: nn.Module, lr: float, head_lr: float | None = None, groups: GroupsSpec = "auto"
+    ) -> None:
+        _check_positive(self.name, "lr", lr)
+        _check_positive(self.name, "head_lr", head_lr, allow_none=True)
+        self.network = network
+        self.inner = unwrap_model(network)
+        self.lr = float(lr)
+        self.head_lr = float(head_lr) if head_lr is not None else None
+        self.groups_spec = groups
+        self.layer_groups: dict[str, list[str]] = layer_groups(self.inner, groups)
+        self.group_names: list[str] = list(self.layer_groups)
+        if len(self.group_names) < self.min_groups:
+            raise ValueError(
+                f"strategy {self.name!r} needs at least {self.min_groups} layer groups, "
+                f"the network has {len(self.group_names)}: {self.group_names}"
+            )
+        self.head: str = self.group_names[-1]
+        named = dict(self.inner.named_parameters())
+        self.group_params: dict[str, list[nn.Parameter]] = {
+            g: [named[n] for n in names] for g, names in self.layer_groups.items()
+        }
+        self._roots, self._orphans = _group_root_modules(self.inner, self.layer_groups)
+        self._frozen: frozenset[str] = frozenset()
+        self._trainable: tuple[str, ...] | None = None
+        self._announced: tuple[str, ...] | None = None
+        self._hook: Any = None
+
+    # ------------------------------------------------------------------ what the optimizer gets
+    def group_lrs(self) -> dict[str, float]:
+        """Learning rate of every layer group that is in the optimizer."""
+        head = self.head_lr if self.head_lr is not None else self.lr
+        return {g: (head if g == self.head else self.lr) for g in self.optimized_groups()}
+
+    def optimized_groups(self) -> list[str]:
+        """Names of the layer groups handed to the optimizer (all, except for ``last_layer``)."""
+        return list(self.group_names)
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer parameter groups ``{"params", "lr", "name"}``, input -> output order."""
+        lrs = self.group_lrs()
+        return [{"params": list(self.group_params[g]), "lr": lrs[g], "name": g} for g in self.optimized_groups()]
+
+    # ------------------------------------------------------------------ loss and handlers
+    def wrap_loss(self, loss_function: Callable) -> Callable:
+        """The training loss; the base class returns ``loss_function`` itself."""
+        return loss_function
+
+    def handlers(self, meta_loader: Iterable | None = None, output_dir: Any = None, **metalr_kwargs: Any) -> list:
+        """Handlers to append to a trainer's ``train_handlers``: one :class:`StrategyHandler`.
+
+        ``meta_loader``, ``output_dir`` and ``metalr_kwargs`` are used by ``metalr`` only and ignored here,
+        so that one bundle expression serves every strategy.
+        """
+        return [StrategyHandler(self)]
+
+    # ------------------------------------------------------------------ freezing schedule
+    def trainable_groups(self, epoch: int) -> list[str]:
+        """Layer groups that train during (0-based) ``epoch``, input -> output order."""
+        return list(self.group_names)
+
+    def describe(self, epoch: int) -> dict[str, Any]:
+        """What trains during (0-based) ``epoch``: ``strategy``, ``epoch``, ``trainable``, ``frozen``, ``lr``."""
+        trainable = self.trainable_groups(epoch)
+        return {
+            "strategy": self.name,
+            "epoch": epoch,
+            "trainable": trainable,
+            "frozen": [g for g in self.group_names if g not in trainable],
+            "lr": self.group_lrs(),
+        }
+
+    def set_epoch(self, epoch: int) -> None:
+        """Apply the schedule for (0-based) ``epoch``: requires_grad, ``.grad`` and module modes per group.
+
+        Logs on logger ``monai_metalr.strategies`` whenever the trainable set changes (and at the first call).
+        :class:`StrategyHandler` calls it at every ``EPOCH_STARTED``; in a plain loop call it before each epoch.
+        """
+        trainable = tuple(self.trainable_groups(epoch))
+        if trainable != self._trainable:
+            self._apply(trainable)
+        if trainable == self._announced:
+            return
+        self._announced = trainable
+        frozen = [g for g in self.group_names if g not in trainable]
+        logger.info(
+            f"strategy {self.name}: epoch {epoch + 1}: training {len(trainable)}/{len(self.group_names)} groups "
+            f"{list(trainable)}" + (f", frozen {frozen}" if frozen else "")
+        )
+
+    @property
+    def frozen_groups(self) -> list[str]:
+        """Layer groups frozen right now."""
+        return [g for g in self.group_names if g in self._frozen]
+
+    def _apply(self, trainable: Sequence[str]) -> None:
+        keep = set(trainable)
+        newly_trainable = [g for g in self.group_names if g in keep and g in self._frozen]
+        for g in self.group_names:
+            for p in self.group_params[g]:
+                p.requires_grad_(g in keep)
+                if g not in keep:
+                    p.grad = None  # torch.optim skips a parameter whose .grad is None
+        self._frozen = frozenset(g for g in self.group_names if g not in keep)
+        self._trainable = tuple(trainable)
+        for g in newly_trainable:  # back to the network's mode (the trainer sets it again every iteration)
+            for m in self._roots[g]:
+                m.train(self.inner.training)
+        self._enforce_frozen_modes()
+        if self._frozen and self._hook is None:
+            self._install_hook()
+
+    def _install_hook(self) -> None:
+        if self._orphans:
+            logger.warning(
+                f"strategy {self.name}: modules {self._orphans[:8]} hold buffers but are in no layer group; "
+                "they follow the network's train/eval mode even when groups are frozen"
+            )
+        self._hook = self.inner.register_forward_pre_hook(self._pre_forward)
+
+    def _pre_forward(self, module: nn.Module, args: Any) -> None:
+        self._enforce_frozen_modes()
+
+    def _enforce_frozen_modes(self) -> None:
+        for g in self._frozen:
+            for m in self._roots[g]:
+                m.train(False)
+
+    def remove_hooks(self) -> None:
+        """Remove the forward pre-hook that keeps frozen groups in eval mode."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(groups={self.group_names}, lr={self.lr}, head_lr={self.head_lr})"
+
+
+class LastLayer(FineTuningStrategy):
+    """``last_layer``: linear probing. Only the head (last layer group) trains, at ``head_lr`` (or ``lr``).
+
+    Every other group is frozen from construction on: ``requires_grad=False``, left out of
+    :meth:`param_groups` (the optimizer holds the head only), and its modules kept in eval mode at every
+    forward, so its parameters and buffers (BatchNorm running statistics) stay bit-identical.
+
+    Under DDP, build the strategy on the bare network before wrapping it (DDP then ignores the frozen
+    parameters), or wrap with ``find_unused_parameters=True``; a network already wrapped without it is
+    a ``ValueError``.
+    """
+
+    name = "last_layer"
+
+    def __init__(
+        self, network: nn.Module, lr: float, head_lr: float | None = None, groups: GroupsSpec = "auto"
+    ) -> None:
+        super().__init__(network, lr, head_lr, groups)
+        if len(self.group_names) > 1:
+            _check_ddp(network, self.name)
+        self._apply([self.head])
+
+    def optimized_groups(self) -> list[str]:
+        return [self.head]
+
+    def trainable_groups(self, epoch: int) -> list[str]:
+        return [self.head]
+
+
+class AllLayers(FineTuningStrategy):
+    """``all_layers``: conventional fine-tuning, every layer group at one learning rate ``lr``.
+
+    ``head_lr`` is ignored unless ``separate_head=True`` (then the head gets ``head_lr``, the rest ``lr``).
+
+    Args:
+        separate_head: give the head its own learning rate ``head_lr``.
+    """
+
+    name = "all_layers"
+
+    def __init__(
+        self,
+        network: nn.Module,
+        lr: float,
+        head_lr: float | None = None,
+        groups: GroupsSpec = "auto",
+        separate_head: bool = False,
+    ) -> None:
+        if not isinstance(separate_head, bool):
+            raise ValueError(f"strategy {self.name!r}: separate_head must be a bool, got {separate_head!r}")
+        _check_positive(self.name, "head_lr", head_lr, allow_none=True)  # validated even when unused
+        super().__init__(network, lr, head_lr if separate_head else None, groups)
+        self.separate_head = separate_head
+
+
+class LayerDecay(FineTuningStrategy):
+    """``layer_decay``: layer-wise learning-rate decay (ULMFiT's discriminative fine-tuning, BEiT/timm).
+
+    With G groups j = 0 (input) .. G-1 (head) and base = ``head_lr`` if given else ``lr``:
+    ``lr_j = base * decay ** (G - 1 - j)``; the head gets the full base rate. ULMFiT uses
+    ``decay = 1 / 2.6``; BEiT/timm fine-tuning typically 0.65 - 0.75.
+
+    Args:
+        decay: factor per group, in (0, 1].
+    """
+
+    name = "layer_decay"
+
+    def __init__(
+        self,
+        network: nn.Module,
+        lr: float,
+        head_lr: float | None = None,
+        groups: GroupsSpec = "auto",
+        decay: float = 0.7,
+    ) -> None:
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+            raise ValueError(f"strategy {self.name!r}: decay must be in (0, 1], got {decay!r}")
+        super().__init__(network, lr, head_lr, groups)
+        self.decay = float(decay)
+
+    def group_lrs(self) -> dict[str, float]:
+        base = self.head_lr if self.head_lr is not None else self.lr
+        n = len(self.group_names)
+        return {g: base * self.decay ** (n - 1 - j) for j, g in enumerate(self.group_names)}
+
+
+class Bidirectional(FineTuningStrategy):
+    """``bidirectional``: progressive unfreezing top-down, then bottom-up (our reading of the MetaLR paper's
+    "bi-directional" baseline; see docs/strategies.md for the source and what could not be checked).
+
+    Groups j = 0 (input) .. H = G-1 (head); stage ``s = epoch // epochs_per_stage``. Each direction is a
+    sweep of G stages k = 0..G-1 that starts from the head alone and ends with every group trainable:
+
+    - ``"top_down"``, stage k: groups ``H-k .. H`` train (unfreeze from the head towards the input);
+    - ``"bottom_up"``, stage k: groups ``0 .. k-1`` and the head train (unfreeze from the input upwards).
+
+    The sweeps run in the order of ``directions``; after the last stage (``len(directions) * G *
+    epochs_per_stage`` epochs) every group trains. All groups are in the optimizer from the start (groups at
+    ``lr``, head at ``head_lr``); frozen ones have ``requires_grad=False`` and ``.grad=None`` and their
+    modules in eval mode, so they do not change.
+
+    Args:
+        epochs_per_stage: epochs per stage (>= 1).
+        directions: sweeps to run, in order: any sequence of ``"top_down"`` and ``"bottom_up"``
+            (``["top_down"]`` alone is ULMFiT's gradual unfreezing).
+    """
+
+    name = "bidirectional"
+    changes_trainable = True
+    min_groups = 2
+    DIRECTIONS: ClassVar[tuple[str, ...]] = ("top_down", "bottom_up")
+
+    def __init__(
+        self,
+        network: nn.Module,
+        lr: float,
+        head_lr: float | None = None,
+        groups: GroupsSpec = "auto",
+        epochs_per_stage: int = 1,
+        directions: Sequence[str] = ("top_down", "bottom_up"),
+    ) -> None:
+        if isinstance(epochs_per_stage, bool) or not isinstance(epochs_per_stage, int) or epochs_per_stage < 1:
+            raise ValueError(
+                f"strategy {self.name!r}: epochs_per_stage must be an integer >= 1, got {epochs_per_stage!r}"
+            )
+        if isinstance(directions, str) or not directions or any(d not in self.DIRECTIONS for d in directions):
+            raise ValueError(
+                f"strategy {self.name!r}: directions must be a non-empty sequence of {list(self.DIRECTIONS)}, "
+                f"got {directions!r}"
+            )
+        super().__init__(network, lr, head_lr, groups)
+        _check_ddp(network, self.name)
+        self.epochs_per_stage = epochs_per_stage
+        self.directions = tuple(directions)
+        self._install_hook()
+
+    @property
+    def num_stages(self) -> int:
+        """Stages in the schedule; every group trains from epoch ``num_stages * epochs_per_stage`` on."""
+        return len(self.directions) * len(self.group_names)
+
+    def trainable_groups(self, epoch: int) -> list[str]:
+        n = len(self.group_names)
+        stage = epoch // self.epochs_per_stage
+        if stage >= self.num_stages:
+            return list(self.group_names)
+        direction, k = self.directions[stage // n], stage % n
+        if direction == "top_down":
+            keep = set(range(n - 1 - k, n))
+        else:
+            keep = set(range(k)) | {n - 1}
+        return [g for j, g in enumerate(self.group_names) if j in keep]
+
+
+class LPFT(FineTuningStrategy):
+    """``lpft``: linear probing, then full fine-tuning (Kumar et al., ICLR 2022).
+
+    Epochs ``0 .. probe_epochs-1``: only the head trains (as ``last_layer``, frozen groups' modules in eval
+    mode, bit-identical); from epoch ``probe_epochs`` on every group trains, groups at ``lr`` and the head
+    at ``head_lr`` (pass ``head_lr=None`` for Kumar et al.'s single fine-tuning rate ``lr``; the probe then
+    also uses ``lr``). All groups are in the optimizer from the start.
+
+    Args:
+        probe_epochs: epochs of linear probing (>= 0; 0 is plain fine-tuning).
+    """
+
+    name = "lpft"
+    changes_trainable = True
+    min_groups = 2
+
+    def __init__(
+        self,
+        network: nn.Module,
+        lr: float,
+        head_lr: float | None = None,
+        groups: GroupsSpec = "auto",
+        probe_epochs: int = 5,
+    ) -> None:
+        if isinstance(probe_epochs, bool) or not isinstance(probe_epochs, int) or probe_epochs < 0:
+            raise ValueError(f"strategy {self.name!r}: probe_epochs must be an integer >= 0, got {probe_epochs!r}")
+        super().__init__(network, lr, head_lr, groups)
+        _check_ddp(network, self.name)
+        self.probe_epochs = probe_epochs
+        self._install_hook()
+
+    def trainable_groups(self, epoch: int) -> list[str]:
+        return [self.head] if epoch < self.probe_epochs else list(self.group_names)
+
+
+class L2SPLoss(nn.Module):
+    """``base(pred, target) + strategy.penalty()`` (the L2-SP training loss)."""
+
+    def __init__(self, base: Callable, strategy: L2SP) -> None:
+        super().__init__()
+        self.base = base
+        self.strategy = strategy
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return self.base(input, target) + self.strategy.penalty()
+
+
+class L2SP(FineTuningStrategy):
+    """``l2sp``: fine-tune every group, pulled towards the pre-trained weights (Li et al., ICML 2018).
+
+    Loss ``L + alpha/2 * sum_{w not in head} ||w - w0||^2 + beta/2 * sum_{w in head} ||w||^2``, where ``w0`` are
+    detached copies of the weights at construction (the pre-trained ones; build the strategy after loading
+    them) and the sums run over every parameter of the layer groups (BatchNorm affine parameters and biases
+    included). Groups at ``lr``, head at ``head_lr``. Use the optimizer with ``weight_decay=0``: L2-SP
+    replaces weight decay (decay pulls towards 0, against the SP term); :class:`StrategyHandler` warns if
+    the optimizer has weight decay.
+
+    Args:
+        alpha: strength of the pull towards ``w0`` (>= 0).
+        beta: plain L2 strength on the head (>= 0).
+    """
+
+    name = "l2sp"
+
+    def __init__(
+        self,
+        network: nn.Module,
+        lr: float,
+        head_lr: float | None = None,
+        groups: GroupsSpec = "auto",
+        alpha: float = 0.01,
+        beta: float = 0.01,
+    ) -> None:
+        for arg, value in (("alpha", alpha), ("beta", beta)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"strategy {self.name!r}: {arg} must be a number >= 0, got {value!r}")
+        super().__init__(network, lr, head_lr, groups)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.reference: dict[str, list[Tensor]] = {
+            g: [p.detach().clone() for p in self.group_params[g]] for g in self.group_names if g != self.head
+        }
+
+    def penalty(self) -> Tensor:
+        """``alpha/2 * ||w - w0||^2`` over non-head groups plus ``beta/2 * ||w_head||^2``, a differentiable scalar."""
+        head = self.group_params[self.head]
+        sp = head[0].new_zeros(())
+        for g, refs in self.reference.items():
+            for j, (p, p0) in enumerate(zip(self.group_params[g], refs)):
+                if p0.device != p.device or p0.dtype != p.dtype:  # the network moved after construction
+                    p0 = refs[j] = p0.to(device=p.device, dtype=p.dtype)
+                sp = sp + (p - p0).pow(2).sum()
+        l2 = head[0].new_zeros(())
+        for p in head:
+            l2 = l2 + p.pow(2).sum()
+        return 0.5 * self.alpha * sp + 0.5 * self.beta * l2
+
+    def wrap_loss(self, loss_function: Callable) -> L2SPLoss:
+        """``L2SPLoss(loss_function, self)``: the base loss plus :meth:`penalty`."""
+        return L2SPLoss(loss_function, self)
+
+
+class MetaLRStrategy(FineTuningStrategy):
+    """``metalr``: per-layer learning rates learned online by MetaLR (Chen et al., MICCAI 2023).
+
+    :meth:`param_groups` is :func:`monai_metalr.param_groups` (groups at ``lr``, head at ``head_lr``: the
+    initial LRs); :meth:`handlers` adds a :class:`~monai_metalr.MetaLRHandler` built from ``meta_loader``
+    (a held-out split, required), ``output_dir`` and ``metalr_kwargs`` (``hyper_lr``, ``lr_bounds``,
+    ``interval``, ``update``, ``fixed_groups``, ``fixed_epochs``, ``seed``, ``log_dir``, ...).
+    """
+
+    name = "metalr"
+    min_groups = 2
+
+    def param_groups(self) -> list[dict]:
+        return param_groups(self.network, self.lr, self.groups_spec, head_lr=self.head_lr)
+
+    def handlers(self, meta_loader: Iterable | None = None, output_dir: Any = None, **metalr_kwargs: Any) -> list:
+        """A :class:`StrategyHandler` and a :class:`~monai_metalr.MetaLRHandler`.
+
+        Raises:
+            ValueError: no ``meta_loader``.
+        """
+        if meta_loader is None:
+            raise ValueError("strategy 'metalr' needs meta_loader= (held-out batches, e.g. the validation split)")
+        from .handlers import MetaLRHandler
+
+        return [StrategyHandler(self), MetaLRHandler(meta_loader, output_dir=output_dir, **metalr_kwargs)]
+
+
+_REGISTRY: dict[str, type[FineTuningStrategy]] = {
+    cls.name: cls for cls in (LastLayer, AllLayers, LayerDecay, Bidirectional, L2SP, LPFT, MetaLRStrategy)
+}
+
+#: names accepted by :func:`make_strategy`
+STRATEGIES: tuple[str, ...] = tuple(_REGISTRY)
+
+_BASE_ARGS = ("self", "network", "lr", "head_lr", "groups")
+
+
+def make_strategy(
+    name: str,
+    network: nn.Module,
+    lr: float,
+    head_lr: float | None = None,
+    groups: GroupsSpec = "auto",
+    **kwargs: Any,
+) -> FineTuningStrategy:
+    """Build the fine-tuning strategy ``name`` for ``network`` (one config key selects it).
+
+    Args:
+        name: one of :data:`STRATEGIES`: ``last_layer``, ``all_layers``, ``layer_decay``, ``bidirectional``,
+            ``l2sp``, ``lpft``, ``metalr``.
+        network: the pre-trained network (wrappers are seen through).
+        lr: learning rate of the non-head groups.
+        head_lr: learning rate of the head (last layer group); ``None`` means ``lr``.
+        groups: layer groups, as for :func:`monai_metalr.layer_groups`.
+        kwargs: the strategy's own arguments (``separate_head``; ``decay``; ``epochs_per_stage``,
+            ``directions``; ``alpha``, ``beta``; ``probe_epochs``).
+
+    Raises:
+        ValueError: an unknown name (the message lists the valid ones), or a bad argument value.
+        TypeError: an argument the strategy does not take (the message names the strategy and the argument).
+    """
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown fine-tuning strategy {name!r}; choose one of {list(STRATEGIES)}")
+    cls = _REGISTRY[name]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in _BASE_ARGS]
+    unknown = sorted(k for k in kwargs if k not in accepted)
+    if unknown:
+        raise TypeError(
+            f"strategy {name!r} got unexpected argument(s) {unknown}; "
+            + (f"it takes {accepted}" if accepted else "it takes no arguments besides lr, head_lr and groups")
+        )
+    return cls(network, lr, head_lr=head_lr, groups=groups, **kwargs)
+
+
+class StrategyHandler:
+    """Run a strategy's epoch schedule inside a MONAI/Ignite trainer.
+
+    At ``Events.STARTED`` it checks a DDP-wrapped ``engine.network`` for strategies whose trainable set
+    changes (``find_unused_parameters=True`` needed) and, for ``l2sp``, warns if the optimizer applies
+    weight decay. At every ``Events.EPOCH_STARTED`` it calls ``strategy.set_epoch(engine.state.epoch - 1)``
+    (so a resumed run gets the right stage) and puts the trainable group names on
+    ``engine.state.strategy_trainable``.
+
+    Args:
+        strategy: the :class:`FineTuningStrategy`.
+    """
+
+    def __init__(self, strategy: FineTuningStrategy) -> None:
+        self.strategy = strategy
+
+    def attach(self, engine: Engine) -> None:
+        """Register the ``STARTED`` and ``EPOCH_STARTED`` handlers."""
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+
+    def _started(self, engine: Engine) -> None:
+        network = getattr(engine, "network", None)
+        if network is not None and self.strategy.changes_trainable:
+            _check_ddp(network, self.strategy.name)
+        optimizer = getattr(engine, "optimizer", None)
+        if isinstance(self.strategy, L2SP) and optimizer is not None:
+            if any(float(g.get("weight_decay", 0.0) or 0.0) > 0 for g in optimizer.param_groups):
+                logger.warning(
+                    "strategy l2sp: the optimizer applies weight_decay on top of the L2-SP penalty (a pull towards "
+                    "0 against the pull towards the pre-trained weights); use weight_decay=0"
+                )
+
+    def _epoch_started(self, engine: Engine) -> None:
+        self.strategy.set_epoch(engine.state.epoch - 1)
+        engine.state.strategy_trainable = self.strategy.trainable_groups(engine.state.epoch - 1)
