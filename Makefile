@@ -27,8 +27,9 @@ $(DEMO_STAMP): $(STAMP)
 demo: $(DEMO_STAMP)
 	$(PY) -m monai_metalr.demo --output_dir demo_output
 
+# two workers, one test file each at a time (module fixtures such as trained bundles are built once)
 test: $(DEMO_STAMP)
-	$(PY) -m pytest -q --timeout 600
+	$(PY) -m pytest -q -n 2 --dist loadfile --timeout 600
 
 clean:
 	rm -rf demo_output .pytest_cache
