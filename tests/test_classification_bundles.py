@@ -224,3 +224,42 @@ def test_pocus_paper_protocol_tests_on_the_chosen_pickle_fold(tmp_path):
     assert {item["fold"] for item in split["test"]} == {2} and len(split["test"]) == 6
     assert {item["fold"] for item in split["val"]} == {3}  # a whole fold: frames of one video never straddle
     assert {item["fold"] for item in split["train"]} == {0, 1, 4}
+
+
+@pytest.mark.parametrize("strategy", ["last_layer", "all_layers", "layer_decay", "bidirectional", "l2sp", "lpft",
+                                      "metalr"])
+def test_one_config_key_selects_the_strategy(strategy, tmp_path):
+    from monai.bundle import ConfigParser
+
+    from monai_metalr import MetaLRHandler
+    from monai_metalr.strategies import L2SPLoss, StrategyHandler
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / "busi_classification" / "configs" / "train.json"))
+    parser.update({"strategy": strategy, "dataset_dir": str(make_busi(tmp_path)), "output_dir": str(tmp_path / "o"),
+                   "pretrained": False, "cache": "none", "num_workers": 0})
+    groups = parser.get_parsed_content("optimizer").param_groups
+    names, lrs = [g["name"] for g in groups], [g["lr"] for g in groups]
+    assert names[-1] == "head"
+    handlers = parser.get_parsed_content("train#handlers")
+    assert any(isinstance(h, StrategyHandler) for h in handlers)
+    assert any(isinstance(h, MetaLRHandler) for h in handlers) == (strategy == "metalr")
+    assert isinstance(parser.get_parsed_content("loss"), L2SPLoss) == (strategy == "l2sp")
+    if strategy == "last_layer":
+        assert names == ["head"]
+    elif strategy == "layer_decay":  # 0.7 per group below the head (BUSI: head_lr 1e-2)
+        assert lrs == pytest.approx([1e-2 * 0.7 ** (len(names) - 1 - j) for j in range(len(names))])
+    elif strategy == "all_layers":
+        assert set(lrs) == {1e-3}
+
+
+def test_last_layer_strategy_trains_only_the_head_in_the_bundle(tmp_path):
+    data = make_busi(tmp_path / "data")
+    out = tmp_path / "out"
+    bundle_cli("busi_classification", "run", ["train.json"], tmp_path, dataset_dir=data, output_dir=out,
+               strategy="last_layer", **TINY)
+    final = torch.load(out / "checkpoint_final.pt", weights_only=True)["model"]
+    initial = get_classifier("efficientnet_lite0", 3).state_dict()
+    frozen = [k for k in initial if not k.startswith("_fc.")]
+    assert all(torch.equal(initial[k], final[k]) for k in frozen)  # BatchNorm statistics included
+    assert not (out / "metalr_lr.csv").exists()
