@@ -15,7 +15,6 @@ the ``step_cost.py`` setting, to show its share of a real step.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,10 +25,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_cost import Runner, build, device_name
+from step_cost import Runner, build, device_name, write_json
 
 from monai_metalr import MetaLR
-from monai_metalr.io import atomic_path
 
 
 class ManyTensors(nn.Module):
@@ -110,9 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["resnet18_2d"] = {"vector_work_s": vector, "plain_step_s": step, "share_of_plain_step": vector / step}
     print(f"resnet18_2d vector work {vector * 1e3:.1f} ms = {100 * vector / step:.1f}% of a plain step", flush=True)
     result["device"] = device_name(device, amp=False)
-    if args.out:
-        with atomic_path(args.out) as tmp:
-            Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.out)
     return result
 
 

@@ -246,6 +246,13 @@ def device_name(device: torch.device, amp: bool) -> str:
     return f"{device.type}: {name}; {precision}; torch {torch.__version__}"
 
 
+def write_json(result: dict[str, Any], path: Path | None) -> None:
+    """Write ``result`` atomically (nothing if ``path`` is ``None``)."""
+    if path is not None:
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="JSON file to write")
@@ -276,9 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result[network][mode] = {"time_s": round(times[mode], 5), "peak_mb": round(peak, 1)}
             print(f"{network:12s} {mode:14s} {times[mode]:8.4f} s  {peak:8.1f} MB", flush=True)
     result["device"] = device_name(device, args.amp)
-    if args.out:
-        with atomic_path(args.out) as tmp:
-            Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.out)
     return result
 
 

@@ -49,18 +49,13 @@ logger = logging.getLogger("monai_metalr")
 #: a state dict (parameter name -> tensor) or a network whose state dict is used
 Weights = Union[Mapping[str, torch.Tensor], nn.Module]
 
-_KEY_PREFIXES = ("module.", "_orig_mod.")
 _ROLES = ("random_init", "pretrained", "finetuned")
 
 
 def _strip(name: str) -> str:
-    stripped = True
-    while stripped:  # any mix, e.g. "module._orig_mod."
-        stripped = False
-        for prefix in _KEY_PREFIXES:
-            if name.startswith(prefix):
-                name, stripped = name[len(prefix) :], True
-    return name
+    from ..networks.pretrained import strip_wrapper_prefixes
+
+    return strip_wrapper_prefixes(name)
 
 
 def _state_dict(weights: Weights, role: str) -> dict[str, torch.Tensor]:

@@ -113,6 +113,17 @@ def _allow_safe_globals() -> contextlib.AbstractContextManager:
     return allow(_SAFE_GLOBALS) if allow is not None else contextlib.nullcontext()
 
 
+def strip_wrapper_prefixes(name: str) -> str:
+    """``name`` without any mix of DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) prefixes."""
+    stripped = True
+    while stripped:  # any mix, e.g. "module._orig_mod."
+        stripped = False
+        for prefix in _KEY_PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix) :], True
+    return name
+
+
 def read_torch_file(path: Path, map_location: Any) -> Any:
     """``torch.load(weights_only=True)`` (or a TorchScript archive's state dict) with errors that name the file
     and say what is wrong with it (empty, truncated, foreign, or holding disallowed Python objects)."""
@@ -182,13 +193,7 @@ def _unwrap_checkpoint(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
             continue
-        name = str(key)
-        stripped = True
-        while stripped:  # any mix, e.g. "module._orig_mod."
-            stripped = False
-            for prefix in _KEY_PREFIXES:
-                if name.startswith(prefix):
-                    name, stripped = name[len(prefix) :], True
+        name = strip_wrapper_prefixes(str(key))
         if name in tensors:
             raise ValueError(f"{path}: keys {origin[name]!r} and {key!r} both name {name!r} once wrapper prefixes go")
         tensors[name], origin[name] = value, str(key)
