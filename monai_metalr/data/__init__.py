@@ -9,7 +9,8 @@
 - :class:`CheckSegmentationd`: image/label shape, affine, label values and finite voxels, after loading.
 - :data:`LITS_LABELS`, :func:`label_classes` / :func:`label_map`: the classes of a ``label_mode``.
 - :func:`make_dataset`: memory (``CacheDataset``), disk (``PersistentDataset``) or no caching, by one key.
-- :func:`write_demo_lits`: the real CT of ``liver-ct-segmentation-package`` as a small LiTS dataset.
+- :func:`write_demo_lits`: the real CT of ``liver-ct-segmentation-package`` as a small LiTS dataset;
+  :func:`read_inv3`: the CT of an InVesalius project (Debian's ``invesalius-examples`` head CT).
 
 2D classification (BUSI, POCUS, chest X-ray bundles):
 
@@ -35,6 +36,7 @@ from .checks import CheckSegmentationd, LoadVolumed
 from .chestxray import CXR_CLASSES, chestxray_datalist
 from .datasets import LABEL_MODES, label_classes, label_map, make_dataset, split_subset
 from .demo_ct import read_mrc, write_demo_lits
+from .inv3 import read_inv3
 from .dicom import dicom_frame_info, read_dicom_frame
 from .frames import sample_frame_indices
 from .image2d import LoadFramed, classification_inference_list, read_frame
@@ -69,6 +71,7 @@ __all__ = [
     "pocus_folds_pickle",
     "read_dicom_frame",
     "read_frame",
+    "read_inv3",
     "read_mrc",
     "read_video_frames",
     "sample_frame_indices",
