@@ -128,11 +128,24 @@ def test_train_leaves_checkpoint_split_and_lr_curves(trained):
 
 def test_evaluate_writes_metrics_and_confusion_matrix(trained, tmp_path):
     bundle, data, out = trained
-    bundle_cli(bundle, "run", ["train.json", "evaluate.json"], tmp_path, dataset_dir=data, output_dir=out, **TINY)
+    # POCUS items carry the probe (convex / linear): a real sub-group key
+    groups = {"subgroup_key": "probe"} if bundle == "pocus_classification" else {}
+    bundle_cli(bundle, "run", ["train.json", "evaluate.json"], tmp_path, dataset_dir=data, output_dir=out, **TINY,
+               **groups)
     with open(out / "metrics.csv", newline="") as f:
         metrics = {row[0]: float(row[1]) for row in csv.reader(f) if row}
-    expected = {"test_accuracy", "test_macro_f1", "test_auc", *(f"test_f1_{c}" for c in CLASSES[bundle])}
+    expected = {"test_accuracy", "test_macro_f1", "test_auc", "test_ece", *(f"test_f1_{c}" for c in CLASSES[bundle])}
     assert expected <= set(metrics)
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert sum(calibration["count"]) == len(json.loads((out / "split.json").read_text())["test"])
+    assert metrics["test_ece"] == pytest.approx(calibration["ece"])
+    assert (out / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    if groups:
+        subgroups = json.loads((out / "subgroups.json").read_text())
+        assert subgroups["group_key"] == "probe" and set(subgroups["groups"]) <= {"convex", "linear"}
+        assert metrics["test_subgroup_gap"] == pytest.approx(subgroups["gap"])
+    else:
+        assert not (out / "subgroups.json").exists() and "test_subgroup_gap" not in metrics
     with open(out / "confusion_matrix.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0][1:] == CLASSES[bundle]

@@ -36,6 +36,7 @@ __all__ = [
     "read_predictions",
     "evaluate_predictions",
     "data_efficiency_subsets",
+    "training_subset",
     "plot_data_efficiency",
     "main",
 ]
@@ -531,6 +532,21 @@ def data_efficiency_subsets(
         out[f] = [datalist[i] for i in sorted(keep)]
     return out
 
+
+def training_subset(
+    datalist: Sequence[Mapping[str, Any]], fraction: float = 1.0, label_key: str = "label", seed: int = 0
+) -> list:
+    """The class-stratified ``fraction`` of a training datalist, as :func:`data_efficiency_subsets` draws it.
+
+    For bundles (``"data": "$...training_subset(@split['train'], @train_fraction)"``): runs with growing
+    fractions and the same ``seed`` train on nested subsets, which gives one data-efficiency curve per strategy.
+    ``fraction=1`` returns the whole list unchanged.
+    """
+    if float(fraction) == 1.0:
+        return list(datalist)
+    subset = data_efficiency_subsets(datalist, [fraction], label_key, seed)[float(fraction)]
+    logger.info("training on %d of %d items (fraction %s, seed %d)", len(subset), len(datalist), fraction, seed)
+    return subset
 
 def plot_data_efficiency(
     results: Mapping[str, Mapping[float, float | Sequence[float]]],
