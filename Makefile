@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA_SPEC ?= liver-ct-segmentation-package==1.6.0
 DEMO_STAMP := $(VENV)/.demo-data
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test study clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: $(DEMO_STAMP)
 # two workers, one test file each at a time (module fixtures such as trained bundles are built once)
 test: $(DEMO_STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile --timeout 600
+
+# the real-data study of docs/results.md (about 2.5 h on 2 CPU cores; needs Debian's apt for the head CT)
+study: $(DEMO_STAMP)
+	PY=$(PY) studies/run_all.sh
 
 clean:
 	rm -rf demo_output .pytest_cache

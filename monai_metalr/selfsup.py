@@ -44,16 +44,15 @@ def _like(result: np.ndarray, image: Any) -> Any:
 def nonlinear_intensity(image: Any, rng: np.random.RandomState) -> Any:
     """Map [0, 1] intensities through a random cubic Bezier curve from (0, 0) to (1, 1); ``1 - y`` with p = 0.5.
 
-    The two inner control points are uniform in [0, 1]^2. The curve is sampled at 1001 points and read as
-    y(x) by linear interpolation; when it is not monotone in x the samples are sorted by x, so the mapping is a
-    function of the intensity alone.
+    The two inner control points are uniform in [0, 1]^2, so x(t) never decreases (its derivative is a
+    quadratic Bernstein polynomial with coefficients 3 x1, 3 (x2 - x1), 3 (1 - x2) whose minimum is >= 0): the
+    curve, sampled at 1001 points, is read as a function y(x) by linear interpolation.
     """
     x = _as_numpy(image).astype(np.float64)
     p1, p2 = rng.uniform(0, 1, 2), rng.uniform(0, 1, 2)
     t = np.linspace(0.0, 1.0, 1001)[:, None]
     curve = 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * np.array([1.0, 1.0])
-    order = np.argsort(curve[:, 0], kind="stable")
-    mapped = np.interp(np.clip(x, 0.0, 1.0), curve[order, 0], curve[order, 1])
+    mapped = np.interp(np.clip(x, 0.0, 1.0), curve[:, 0], curve[:, 1])
     if rng.uniform() < 0.5:  # a decreasing mapping: bright becomes dark
         mapped = 1.0 - mapped
     return _like(mapped, image)
@@ -68,7 +67,7 @@ def local_shuffle(image: Any, rng: np.random.RandomState, num_blocks: int = 1000
     x = _as_numpy(image).copy()
     spatial = x.shape[1:]
     for _ in range(num_blocks):
-        size = [int(rng.randint(1, max(2, int(s * max_fraction)) + 1)) for s in spatial]
+        size = [min(s, int(rng.randint(1, max(2, int(s * max_fraction)) + 1))) for s in spatial]
         start = [int(rng.randint(0, s - b + 1)) for s, b in zip(spatial, size)]
         region = (slice(None),) + tuple(slice(o, o + b) for o, b in zip(start, size))
         block = x[region].reshape(x.shape[0], -1)

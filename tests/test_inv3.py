@@ -61,6 +61,7 @@ def test_float_volume(tmp_path):
         ("bad_shape", "expected 3 positive sizes"),
         ("bad_dtype", "unusable volume dtype"),
         ("bad_spacing", "spacing"),
+        ("text_spacing", "spacing"),
     ],
 )
 def test_bad_projects_name_the_file(tmp_path, case, message):
@@ -88,6 +89,8 @@ def test_bad_projects_name_the_file(tmp_path, case, message):
         write_inv3(path, volume, plist={"matrix": {**matrix, "dtype": "not-a-dtype"}})
     elif case == "bad_spacing":
         write_inv3(path, volume, plist={"matrix": matrix, "spacing": [1.0, 0.0, 1.0]})
+    elif case == "text_spacing":
+        write_inv3(path, volume, plist={"matrix": matrix, "spacing": ["1.0", "a", "1.0"]})
     with pytest.raises(ValueError) as err:
         read_inv3(path)
     assert str(path) in str(err.value) and message in str(err.value)

@@ -548,6 +548,7 @@ def training_subset(
     logger.info("training on %d of %d items (fraction %s, seed %d)", len(subset), len(datalist), fraction, seed)
     return subset
 
+
 def plot_data_efficiency(
     results: Mapping[str, Mapping[float, float | Sequence[float]]],
     path: str | os.PathLike,

@@ -3,7 +3,8 @@
 Both collect the evaluator's class probabilities (``pred`` after ``Activationsd(softmax=True)``) and labels
 (``label``, one-hot or an index) over an epoch, then at ``EPOCH_COMPLETED`` add their numbers to
 ``engine.state.metrics`` (so a ``MetricsSaver`` listed after them writes them to ``metrics.csv``) and write their
-files atomically::
+files atomically. List them before ``StatsHandler`` too, so that the log shows their numbers. Under DDP each
+rank sees its own share of the data: run the evaluation in one process (as the bundles' ``evaluate.json`` does)::
 
     {"_target_": "monai_metalr.analysis.evaluation_handlers.CalibrationSaver", "output_dir": "@output_dir"},
     {"_target_": "monai_metalr.analysis.evaluation_handlers.SubgroupSaver", "output_dir": "@output_dir",

@@ -66,7 +66,8 @@ def read_inv3(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float, 
         raise ValueError(f"{path}: {matrix['filename']} has {len(raw)} bytes, shape {list(shape)} of {dtype.name} "
                          f"needs {need} (truncated or not this project's volume)")
     spacing = info.get("spacing", [1.0, 1.0, 1.0])
-    if not (isinstance(spacing, list) and len(spacing) == 3 and all(float(s) > 0 for s in spacing)):
+    numbers = isinstance(spacing, list) and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in spacing)
+    if not (numbers and len(spacing) == 3 and all(s > 0 for s in spacing)):
         raise ValueError(f"{path}: main.plist spacing {spacing!r} is not three positive numbers")
     volume = np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
     return volume, (float(spacing[0]), float(spacing[1]), float(spacing[2]))

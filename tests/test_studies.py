@@ -1,0 +1,145 @@
+"""The study scripts (studies/): tile labels and splits, and each script end to end on the real CT at tiny size."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+sys.path.insert(0, str(STUDIES))
+
+import genesis_pretrain  # noqa: E402
+import liver_ct_tiles as tiles  # noqa: E402
+import liver_seg_3d  # noqa: E402
+import report  # noqa: E402
+from test_inv3 import write_inv3  # noqa: E402
+
+from monai_metalr.data.demo_ct import find_demo_ct, read_mrc  # noqa: E402
+
+
+def test_centre_class_rules():
+    w = np.zeros((4, 4), np.uint16)
+    assert tiles.centre_class(w) == 0
+    w[:2] = 2  # half tumour
+    assert tiles.centre_class(w) == 2
+    w[:] = 1
+    w[0, :3] = 2  # 3/16 tumour, rest liver: neither rule
+    assert tiles.centre_class(w) == -1
+    w[:] = 1
+    w[0] = 0  # 3/4 liver, no tumour
+    assert tiles.centre_class(w) == 1
+    w[1, 0] = 0  # below 3/4 liver
+    assert tiles.centre_class(w) == -1
+
+
+def test_slab_splits_are_disjoint_and_apart():
+    splits = tiles.slab_splits(128)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [48, 24, 24]
+    owner = {z: s for s, zs in splits.items() for z in zs}
+    assert len(owner) == 96
+    for z1, s1 in owner.items():
+        for z2, s2 in owner.items():
+            if s1 != s2:
+                assert abs(z1 - z2) >= 5, (z1, s1, z2, s2)  # 4 dropped slices between different splits
+    with pytest.raises(ValueError, match="do not make"):
+        tiles.slab_splits(100)
+
+
+def test_build_tiles_labels_by_centre_window():
+    label = np.zeros((1, 96, 96), np.uint16)
+    label[0, :48, 48:] = 1  # top right liver
+    label[0, 48:, :48] = 2  # bottom left tumour
+    image = np.where(label > 0, 100.0, -1000.0).astype(np.float32)
+    x, y, z = tiles.build_tiles(image, label, [0], tile=48, stride=16)
+    expected = []
+    for y0 in range(0, 49, 16):
+        for x0 in range(0, 49, 16):
+            centre = label[0, y0 + 16 : y0 + 32, x0 + 16 : x0 + 32]
+            frac = {c: float(np.mean(centre == c)) for c in (0, 1, 2)}
+            cls = 2 if frac[2] >= 0.5 else 1 if frac[2] == 0 and frac[1] >= 0.75 else 0 if frac[0] == 1 else -1
+            if cls >= 0:
+                expected.append(cls)
+    assert y.tolist() == expected and set(expected) == {0, 1, 2}
+    assert x.shape == (len(expected), 48, 48) and x.dtype == np.uint8 and z.tolist() == [0] * len(expected)
+    assert x.max() == round(255 * 300 / 450) and x.min() == 0  # window [-200, 250] HU: 100 HU -> 170, -1000 -> 0
+    inp = tiles.to_input(x[:2])
+    assert inp.shape == (2, 3, 48, 48) and torch.equal(inp[:, 0], inp[:, 2])
+
+
+@pytest.fixture(scope="module")
+def tiles_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiles")
+    args = ["--out", str(out), "--strategies", "metalr", "last_layer", "--seeds", "0", "--epochs", "1",
+            "--train_per_class", "4", "--val_per_class", "4", "--fractions", "0.5", "1.0", "--batch_size", "4"]
+    runs = tiles.main(args)
+    return out, runs, args
+
+
+def test_tiles_study_end_to_end(tiles_run):
+    out, runs, args = tiles_run
+    records = [json.loads(line) for line in runs.read_text().splitlines()]
+    assert sorted((r["strategy"], r["n_train"]) for r in records) == [
+        ("last_layer", 6), ("last_layer", 12), ("metalr", 6), ("metalr", 12)]
+    data = json.loads((out / "data.json").read_text())
+    assert data["counts"]["train"] == [4, 4, 4] and sum(data["counts"]["test"]) > 100
+    for r in records:
+        assert 0 <= r["test_accuracy"] <= 1 and 0 <= r["test_macro_f1"] <= 1 and 0 <= r["test_ece"] <= 1
+        probs = torch.load(out / f"n{r['n_train']}" / f"{r['strategy']}_seed0" / "test_probs.pt")
+        assert probs.shape == (sum(data["counts"]["test"]), 3)
+        # the record's accuracy is the saved probabilities' argmax against the test labels
+        test_y = tiles.load_study_data(4, 4)["test"][1]
+        assert r["test_accuracy"] == pytest.approx(float((probs.argmax(1).numpy() == test_y).mean()))
+    meta = next(r for r in records if r["strategy"] == "metalr" and r["n_train"] == 12)
+    assert meta["lr_vs_t"]["groups"][-1] == "head" and -1 <= meta["lr_vs_t"]["spearman"] <= 1
+    assert (out / "n12" / "metalr_seed0" / "metalr_lr.png").is_file()
+    before = runs.read_text()
+    tiles.main(args)  # resumes: every run is done already
+    assert runs.read_text() == before
+
+
+def test_report_tables_and_figures(tiles_run, tmp_path):
+    out, _, _ = tiles_run
+    path = report.main(["--tiles", str(out), "--out", str(tmp_path)])
+    text = path.read_text()
+    assert "| metalr | 1 |" in text and "| last_layer | 1 |" in text
+    assert "Data efficiency" in text and "| last_layer |" in text.split("Data efficiency")[1]
+    assert "| last_layer |" in text.split("MetaLR minus each baseline")[1]
+    for png in ("tiles_lr_curves.png", "tiles_data_efficiency.png", "tiles_transferability.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mean_std_is_the_sample_std():
+    assert report.mean_std([1.0, 2.0, 4.0]) == pytest.approx((7 / 3, np.std([1, 2, 4], ddof=1)))
+    assert report.mean_std([3.0]) == (3.0, 0.0)
+
+
+def test_genesis_pretraining_then_bundle_fine_tuning(tmp_path):
+    """Pre-train on a real CT written as an .inv3 project, then fine-tune with the bundle from those weights."""
+    image, _ = find_demo_ct()
+    ct = read_mrc(image)[:24, :64, :64].astype(np.int16)  # an unlabelled CT crop, [z, y, x] HU
+    project = write_inv3(tmp_path / "ct.inv3", ct, spacing=(2.0, 2.0, 2.0))
+    weights = genesis_pretrain.main(["--ct", str(project), "--out", str(tmp_path / "genesis"), "--epochs", "1",
+                                     "--iterations_per_epoch", "1", "--batch_size", "1", "--num_samples", "1"])
+    log = json.loads((tmp_path / "genesis" / "pretrain.json").read_text())
+    assert len(log["epoch_loss"]) == 1 and log["identity_mse"] > 0
+    assert (tmp_path / "genesis" / "restoration.png").is_file()
+
+    runs = liver_seg_3d.main(["--pretrained", str(weights), "--out", str(tmp_path / "seg"), "--strategies", "metalr",
+                              "--seeds", "0", "--epochs", "1", "--iterations_per_epoch", "1"])
+    (record,) = [json.loads(line) for line in runs.read_text().splitlines()]
+    assert 0 <= record["test_liver_dice"] <= 1 and set(record["transferability"]) >= {"Down-1", "Out", "mean"}
+    run_log = (tmp_path / "seg" / "metalr_seed0" / "run.log").read_text()
+    assert f"loaded 104/106 tensors from {weights}" in run_log  # all but the 3-class output layer
+    saved = torch.load(weights, weights_only=True)  # UNet3D(1, 1): a 1-channel output layer
+    fresh = liver_seg_3d.UNet3D(1, 3, base_channels=8).state_dict()
+    start = liver_seg_3d.genesis_state(weights, fresh)
+    assert start.keys() == fresh.keys()
+    for k in fresh:
+        source = fresh if k.startswith("out_tr.final_conv") else saved  # the 3-class output cannot come from Genesis
+        assert torch.equal(start[k], source[k]), k
+    assert not torch.equal(saved["down_tr64.ops.0.conv1.weight"], fresh["down_tr64.ops.0.conv1.weight"])
