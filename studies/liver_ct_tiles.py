@@ -19,6 +19,10 @@ folder keeps its best model, MetaLR's ``metalr_lr.csv``/``.png`` and the test pr
     python studies/liver_ct_tiles.py --out study_output/tiles                        # 7 strategies x 5 seeds
     python studies/liver_ct_tiles.py --out study_output/tiles --fractions 0.1 0.25 0.5 --seeds 0 1 2
     python studies/liver_ct_tiles.py --out study_output/tiles --strategies metalr --hyper_lr 1e-3 --variant @1e-3
+    python studies/liver_ct_tiles.py --out study_output/tiles --strategies metalr --hyper_lr 0 --variant @0 \
+        --seeds 0 1 2                          # control: MetaLR's meta step with LRs that cannot move
+    python studies/liver_ct_tiles.py --out study_output/tiles --strategies all_layers --variant +head \
+        --strategy_kwargs '{"separate_head": true}' --seeds 0 1 2   # one LR, head at head_lr (MetaLR's start)
 """
 
 from __future__ import annotations
@@ -179,7 +183,7 @@ def train_one(strategy: str, seed: int, data: dict[str, Any], run_dir: Path, arg
         x_train, y_train = x_train[train_index], y_train[train_index]
     network = get_classifier("efficientnet_lite0", len(CLASSES), pretrained=True)
     pretrained = {k: v.clone() for k, v in network.state_dict().items()}
-    kwargs = STRATEGY_KWARGS.get(strategy, {})
+    kwargs = {**STRATEGY_KWARGS.get(strategy, {}), **args.strategy_kwargs}
     strat = make_strategy(strategy, network, lr=args.lr, head_lr=args.head_lr, **kwargs)
     optimizer = torch.optim.Adam(strat.param_groups())
     val_loader = _loader(*data["val"][:2], args.batch_size, False, seed)
@@ -227,9 +231,14 @@ def done_runs(path: Path) -> set[tuple]:
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
-    lines = path.read_text() if path.exists() else ""
-    with atomic_path(path) as tmp:
-        tmp.write_text(lines + json.dumps(record) + "\n")
+    """Add a line atomically; a lock file keeps two studies writing to one folder from losing lines."""
+    import fcntl
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lines = path.read_text() if path.exists() else ""
+        with atomic_path(path) as tmp:
+            tmp.write_text(lines + json.dumps(record) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -247,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--train_per_class", type=int, default=40)
     parser.add_argument("--val_per_class", type=int, default=40)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--strategy_kwargs", type=json.loads, default={},
+                        help="JSON of extra strategy arguments, e.g. '{\"separate_head\": true}' for all_layers")
     parser.add_argument("--variant", default="", help="appended to the strategy name in the records, e.g. '@1e-3' "
                         "for a run with another --hyper_lr")
     args = parser.parse_args(argv)

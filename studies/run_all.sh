@@ -12,6 +12,10 @@ $PY studies/liver_ct_tiles.py --out "$OUT/tiles" --threads 1
 $PY studies/liver_ct_tiles.py --out "$OUT/tiles" --threads 1 --fractions 0.1 0.25 0.5 --seeds 0 1 2
 # MetaLR with a 10x larger hyper-LR (the LRs move more)
 $PY studies/liver_ct_tiles.py --out "$OUT/tiles" --threads 1 --strategies metalr --hyper_lr 1e-3 --variant @1e-3
+# controls: MetaLR whose LRs cannot move, and one LR with the head at head_lr (where MetaLR starts)
+$PY studies/liver_ct_tiles.py --out "$OUT/tiles" --threads 1 --strategies metalr --hyper_lr 0 --variant @0 --seeds 0 1 2
+$PY studies/liver_ct_tiles.py --out "$OUT/tiles" --threads 1 --strategies all_layers --variant +head \
+    --strategy_kwargs '{"separate_head": true}' --seeds 0 1 2
 
 # (b) 3D: Models-Genesis-style pre-training on the head CT of invesalius-examples, then liver segmentation
 if [ ! -f "$OUT/invesalius/usr/share/doc/invesalius-examples/examples/Cranium.inv3" ]; then
