@@ -79,11 +79,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from ignite.engine import Events
     from monai.data import DataLoader, Dataset
     from monai.engines import SupervisedTrainer
     from monai.handlers import StatsHandler
     from monai.utils import set_determinism
-    from ignite.engine import Events
 
     set_determinism(args.seed)
     out = Path(args.out)

@@ -208,7 +208,7 @@ def train_one(strategy: str, seed: int, data: dict[str, Any], run_dir: Path, arg
     network.load_state_dict(torch.load(saver.path, weights_only=True))
     probs = predict(network, data["test"][0])
     record: dict[str, Any] = {
-        "strategy": strategy + args.variant, "seed": seed, "n_train": int(len(y_train)), "epochs": args.epochs,
+        "strategy": strategy + args.variant, "seed": seed, "n_train": len(y_train), "epochs": args.epochs,
         "hyper_lr": args.hyper_lr if strategy == "metalr" else None,
         "best_epoch": saver.best_epoch, "val_macro_f1": saver.best, "seconds": round(seconds, 1),
         **{f"test_{k}": v for k, v in scores(probs, data["test"][1]).items()},

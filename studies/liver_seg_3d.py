@@ -48,7 +48,7 @@ def run_bundle(cmd: list[str], log: Path, threads: int) -> None:
     with open(log, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
-        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)
     if done.returncode:
         raise RuntimeError(f"bundle run failed (exit {done.returncode}); see {log}")
 

@@ -25,7 +25,6 @@ from monai_metalr.analysis.lr_curves import plot_lr_curves, read_lr_csv
 from monai_metalr.analysis.transferability import plot_transferability, spearman
 from monai_metalr.io import atomic_path
 
-
 HEADS = ("head", "Out")  # the output layer group of EfficientNet-Lite0 and of the 3D U-Net
 
 
@@ -131,6 +130,7 @@ def tiles_report(folder: Path, out: Path) -> tuple[str, dict]:
         curves: dict[str, dict[float, list[float]]] = defaultdict(dict)
         for (name, n), rs in by(runs, "strategy", "n_train").items():
             curves[name][n / full] = [r["test_macro_f1"] for r in rs]
+        curves = defaultdict(dict, {k: v for k, v in curves.items() if len(v) > 1})  # variants ran at full size only
         text.append("\nData efficiency (test macro-F1, mean ± std over seeds; columns: training tiles):\n\n")
         rows = [[name, *(fmt(c[n / full]) if n / full in c else "" for n in sizes)] for name, c in sorted(curves.items())]
         text.append(table(["strategy", *map(str, sizes)], rows))
@@ -140,7 +140,7 @@ def tiles_report(folder: Path, out: Path) -> tuple[str, dict]:
     return "".join(text), summary
 
 
-def seg3d_report(folder: Path) -> tuple[str, dict]:
+def seg3d_report(folder: Path, out: Path) -> tuple[str, dict]:
     runs = read_runs(folder / "runs.jsonl")
     rows = []
     for (name,), rs in sorted(by(runs, "strategy").items(), key=lambda kv: -mean_std([r["test_liver_dice"] for r in kv[1]])[0]):
@@ -160,6 +160,12 @@ def seg3d_report(folder: Path) -> tuple[str, dict]:
             [g, f"{statistics.fmean(r['transferability'][g] for r in meta):.2f}",
              f"{statistics.fmean(r['lr_vs_t']['mean_lr'][i] for r in meta):.2e}"] for i, g in enumerate(groups)]))
         summary["spearman"] = rhos
+        history, names = mean_lr_history([folder / f"metalr_seed{r['seed']}" for r in meta])
+        plot_lr_curves(history, names, out / "seg3d_lr_curves.png",
+                       title=f"MetaLR learned LRs, 3D U-Net from Genesis weights (mean of {len(meta)} seeds)")
+        first, last = history["lr"][0], history["lr"][-1]
+        text.append(f"\nLearned LR, step 1 -> step {int(history['step'][-1])} (mean over seeds):\n\n")
+        text.append(table(["group", "step 1", "last"], [[g, f"{first[i]:.2e}", f"{last[i]:.2e}"] for i, g in enumerate(names)]))
     return "".join(text), summary
 
 
@@ -171,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     parts, summary = [], {}
-    for name, folder, build in (("tiles", args.tiles, lambda f: tiles_report(f, args.out)), ("seg3d", args.seg3d, seg3d_report)):
+    for name, folder, build in (("tiles", args.tiles, lambda f: tiles_report(f, args.out)), ("seg3d", args.seg3d, lambda f: seg3d_report(f, args.out))):
         if folder is not None:
             text, summary[name] = build(folder)
             parts.append(text)

@@ -13,13 +13,13 @@ import torch
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 sys.path.insert(0, str(STUDIES))
 
-import genesis_pretrain  # noqa: E402
-import liver_ct_tiles as tiles  # noqa: E402
-import liver_seg_3d  # noqa: E402
-import report  # noqa: E402
-from test_inv3 import write_inv3  # noqa: E402
+import genesis_pretrain
+import liver_ct_tiles as tiles
+import liver_seg_3d
+import report
+from test_inv3 import write_inv3
 
-from monai_metalr.data.demo_ct import find_demo_ct, read_mrc  # noqa: E402
+from monai_metalr.data.demo_ct import find_demo_ct, read_mrc
 
 
 def test_centre_class_rules():
