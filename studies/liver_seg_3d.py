@@ -1,11 +1,14 @@
 """Study (b), step 2: fine-tune the self-supervised 3D U-Net for liver segmentation with every strategy.
 
 Each run is the ``lits_liver_segmentation`` bundle exactly as a user runs it (``python -m monai.bundle run``,
-train then evaluate), on the real liver CT cut into 4 disjoint axial slabs (``make demo``'s dataset; one fixed
-train / val / test split shared by every run), at the demo's CPU size, with one key changed per strategy:
+train then evaluate), on the real liver CT cut into 4 disjoint axial slabs (one fixed train / val / test split
+shared by every run), at the demo's CPU size, with one key changed per strategy:
 ``--strategy <name> --pretrained_path <genesis_unet3d.pt>``. A ``scratch`` row (``all_layers``, no pre-trained
-weights) shows what the pre-training is worth. Results are appended to ``<out>/runs.jsonl`` (resumable); each
-run's folder keeps the bundle's outputs (``metrics.csv``, ``model.pt``, ``metalr_lr.csv``/``.png``, logs).
+weights) shows what the pre-training is worth. The split is the one docs/results.md reports (train slabs 1 and 3,
+val slab 0, test slab 2): ``meta_fraction=0``, so MetaLR's meta batches come from the val slab that also chooses
+the best model (a separate meta slab would leave one of the 4 for training; ``make demo`` cuts 5). Results are
+appended to ``<out>/runs.jsonl`` (resumable); each run's folder keeps the bundle's outputs (``metrics.csv``,
+``model.pt``, ``metalr_lr.csv``/``.png``, logs).
 
     python studies/liver_seg_3d.py --pretrained study_output/genesis/genesis_unet3d.pt --out study_output/seg3d
 """
@@ -35,6 +38,8 @@ from monai_metalr.strategies import STRATEGIES
 # 16 epochs over 8 layer groups: one bi-directional stage per epoch covers both sweeps; LP-FT probes a quarter
 STRATEGY_KWARGS: dict[str, dict[str, Any]] = {"bidirectional": {"epochs_per_stage": 1}, "lpft": {"probe_epochs": 4}}
 SCRATCH = "scratch"
+# docs/results.md's protocol: no separate meta split (4 slabs: 2 train, val, test); the meta batches are the val slab
+META_FRACTION = 0.0
 
 
 def read_metrics(path: Path) -> dict[str, float]:
@@ -69,6 +74,7 @@ def one_run(strategy: str, seed: int, args: argparse.Namespace, data: Path, spli
         "iterations_per_epoch": str(args.iterations_per_epoch), "strategy": name,
         "strategy_kwargs": json.dumps(STRATEGY_KWARGS.get(name, {})),
         "pretrained_path": "" if strategy == SCRATCH else str(args.pretrained),
+        "meta_fraction": str(META_FRACTION),
     }
     bundle = find_bundle()
     start = time.perf_counter()
@@ -119,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             if not split.exists():  # the split follows the bundle's seed: fix it with seed 0 for every run
                 from monai_metalr.data import lits_datalist, split_cases
 
-                split_cases(lits_datalist(data), split, seed=0)
+                split_cases(lits_datalist(data), split, seed=0, meta_fraction=META_FRACTION)
             record = one_run(strategy, seed, args, data, split, out)
             with atomic_path(runs) as tmp:
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in [*done, record]))

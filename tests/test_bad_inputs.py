@@ -12,6 +12,7 @@ warning naming it, and a summary count.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -890,3 +891,18 @@ def test_split_classification_duplicates_and_bad_items() -> None:
     assert_names(lambda: split_classification(no_label, None), "z.png", r"has no 'label'")
     nan_label = [*items, {"image": "/d/n.png", "case_id": "n", "label": float("nan")}]
     assert_names(lambda: split_classification(nan_label, None), "n.png", r"has no 'label'.*nan")
+
+
+def test_split_files_from_before_the_meta_split_name_the_file(tmp_path: Path) -> None:
+    """A split.json written by the three-part splits (MetaLR's meta batches were the val cases) is not reused."""
+    cases = [{"image": f"/d/volume-{i}.nii", "case_id": str(i)} for i in range(4)]
+    old = tmp_path / "lits_run" / "split.json"
+    old.parent.mkdir()
+    old.write_text(json.dumps({"seed": 0, "train": ["0", "1"], "val": ["2"], "test": ["3"]}))
+    assert_names(lambda: split_cases(cases, old), str(old.parent), r"predates the meta split.*delete it")
+    images = [{"image": f"/d/{c}{i}.png", "label": c, "case_id": f"{c}{i}"} for c in (0, 1) for i in range(4)]
+    old_cls = tmp_path / "busi_run" / "split.json"
+    old_cls.parent.mkdir()
+    old_cls.write_text(json.dumps({"seed": 0, "fold": 0, "train": ["00", "01", "10", "11"], "val": ["02", "12"],
+                                   "test": ["03", "13"]}))
+    assert_names(lambda: split_classification(images, old_cls), "busi_run", r"predates the meta split.*output_dir")

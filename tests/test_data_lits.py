@@ -358,16 +358,22 @@ def ids(split: dict[str, list[dict]]) -> dict[str, list[str]]:
     return {k: [item["case_id"] for item in v] for k, v in split.items()}
 
 
+PARTS = ("train", "val", "meta", "test")
+
+
 def test_split_deterministic_disjoint_complete(tmp_path):
     data = fake_datalist(10)
     a = ids(split_cases(data, None, seed=3))
     b = ids(split_cases(list(reversed(data)), None, seed=3))  # datalist order does not matter
     assert a == b
-    assert [len(a[k]) for k in ("train", "val", "test")] == [6, 2, 2]
-    all_ids = a["train"] + a["val"] + a["test"]
-    assert sorted(all_ids, key=int) == [str(i) for i in range(10)] and len(set(all_ids)) == 10
+    assert list(a) == list(PARTS) and [len(a[k]) for k in PARTS] == [6, 1, 1, 2]  # defaults 0.1 / 0.1 / 0.2
+    all_ids = [i for k in PARTS for i in a[k]]
+    assert sorted(all_ids, key=int) == [str(i) for i in range(10)] and len(set(all_ids)) == 10  # four disjoint parts
     assert ids(split_cases(data, None, seed=4)) != a
     assert not (tmp_path / "split.json").exists()
+    # meta comes out of what a three-part split (meta_fraction=0) trains on: val and test do not move
+    old = ids(split_cases(data, None, seed=3, meta_fraction=0))
+    assert (old["val"], old["test"]) == (a["val"], a["test"]) and set(a["meta"]) < set(old["train"])
 
 
 def test_split_written_and_reused(tmp_path):
@@ -375,16 +381,48 @@ def test_split_written_and_reused(tmp_path):
     split_file = tmp_path / "runs" / "nested" / "split.json"
     first = split_cases(data, split_file, val_fraction=0.25, test_fraction=0.25, seed=0)
     stored = json.loads(split_file.read_text())
-    assert stored == {"seed": 0, "val_fraction": 0.25, "test_fraction": 0.25, **ids(first)}
+    assert stored == {"seed": 0, "val_fraction": 0.25, "meta_fraction": 0.1, "test_fraction": 0.25, **ids(first)}
+    assert [len(stored[k]) for k in PARTS] == [5, 3, 1, 3]
     assert first["train"][0] == next(d for d in data if d["case_id"] == first["train"][0]["case_id"])
     assert [p.name for p in split_file.parent.iterdir()] == ["split.json"]  # no temporary left behind
     again = split_cases(data, split_file, val_fraction=0.5, test_fraction=0.1, seed=99)
     assert again == first
+    with pytest.raises(ValueError, match=r"split\.json: .*another protocol \(meta_fraction stored 0\.1 vs now 0\.2\)"):
+        split_cases(data, split_file, meta_fraction=0.2)
 
 
 def test_split_without_test(tmp_path):
     split = ids(split_cases(fake_datalist(5), None, val_fraction=0.2, test_fraction=0.0))
-    assert (len(split["train"]), len(split["val"]), split["test"]) == (4, 1, [])
+    assert ([len(split[k]) for k in ("train", "val", "meta")], split["test"]) == ([3, 1, 1], [])
+
+
+def test_meta_fraction_zero_uses_the_val_cases_with_a_warning(tmp_path, caplog):
+    split_file = tmp_path / "split.json"
+    with caplog.at_level("WARNING", logger="monai_metalr"):
+        split = ids(split_cases(fake_datalist(4), split_file, meta_fraction=0))
+    assert split["meta"] == split["val"] and [len(split[k]) for k in ("train", "val", "test")] == [2, 1, 1]
+    assert "meta_fraction=0" in caplog.text and "not clean" in caplog.text and "split.json" in caplog.text
+    stored = json.loads(split_file.read_text())
+    assert stored["meta_fraction"] == 0 and stored["meta"] == []  # no meta part of its own
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monai_metalr"):
+        assert ids(split_cases(fake_datalist(4), split_file, meta_fraction=0)) == split  # reused, warned again
+    assert "not clean" in caplog.text
+    with pytest.raises(ValueError, match=r"meta_fraction stored 0(\.0)? vs now 0\.1"):
+        split_cases(fake_datalist(4), split_file)
+
+
+def test_a_split_file_from_before_the_meta_split_is_refused(tmp_path, caplog):
+    split_file = tmp_path / "out" / "split.json"
+    split_file.parent.mkdir()
+    old = {"seed": 0, "val_fraction": 0.2, "test_fraction": 0.2, "train": ["1", "3"], "val": ["0"], "test": ["2"]}
+    split_file.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"out/split\.json: .*predates the meta split.*Delete it.*new output_dir"):
+        split_cases(fake_datalist(4), split_file)
+    assert json.loads(split_file.read_text()) == old  # left as it was
+    with caplog.at_level("WARNING", logger="monai_metalr"):  # meta_fraction=0: reused as the three-part split it is
+        split = ids(split_cases(fake_datalist(4), split_file, meta_fraction=0))
+    assert split == {"train": ["1", "3"], "val": ["0"], "meta": ["0"], "test": ["2"]} and "not clean" in caplog.text
 
 
 def test_split_file_mismatch(tmp_path):
@@ -394,6 +432,15 @@ def test_split_file_mismatch(tmp_path):
         split_cases(fake_datalist(7), split_file)
     with pytest.raises(ValueError, match=r"split\.json: .*not in the datalist: 5\b"):
         split_cases(fake_datalist(5), split_file)
+    stored = json.loads(split_file.read_text())
+    for broken, pattern in (
+        ({**stored, "meta": [*stored["meta"], stored["val"][0]]}, rf"listed more than once: {stored['val'][0]}\b"),
+        ({**stored, "meta": "0"}, r"'meta' must be a list of case ids"),
+        ({**stored, "train": stored["train"] + stored["meta"], "meta": []}, r"has no 'meta' case"),
+    ):
+        split_file.write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=r"split\.json: .*" + pattern):
+            split_cases(fake_datalist(6), split_file)
     split_file.write_text("{broken")
     with pytest.raises(ValueError, match=r"split\.json: not a readable split file"):
         split_cases(fake_datalist(6), split_file)
@@ -404,7 +451,9 @@ def test_split_file_mismatch(tmp_path):
     [
         ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
         ({"test_fraction": -0.1}, r"test_fraction must be in \[0, 1\)"),
-        ({"val_fraction": 0.5, "test_fraction": 0.5}, r"val_fraction \+ test_fraction must be < 1"),
+        ({"meta_fraction": 1.5}, r"meta_fraction must be in \[0, 1\)"),
+        ({"val_fraction": 0.4, "meta_fraction": 0.3, "test_fraction": 0.3},
+         r"val_fraction \+ meta_fraction \+ test_fraction must be < 1"),
     ],
 )
 def test_split_bad_fractions(kwargs, pattern):
@@ -413,9 +462,10 @@ def test_split_bad_fractions(kwargs, pattern):
 
 
 def test_split_too_few_cases():
-    with pytest.raises(ValueError, match=r"at least 3 cases \(1 val \+ 1 test \+ 1 train\), got 2"):
-        split_cases(fake_datalist(2), None)
-    assert ids(split_cases(fake_datalist(2), None, test_fraction=0.0))["test"] == []
+    with pytest.raises(ValueError, match=r"at least 4 cases \(1 val \+ 1 meta \+ 1 test \+ 1 train\), got 3"):
+        split_cases(fake_datalist(3), None)
+    assert [len(v) for v in ids(split_cases(fake_datalist(3), None, meta_fraction=0)).values()] == [1, 1, 1, 1]
+    assert ids(split_cases(fake_datalist(2), None, test_fraction=0.0, meta_fraction=0))["test"] == []
 
 
 def test_split_duplicate_case_ids():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -50,3 +52,7 @@ def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
     assert "Liver Dice on the held-out slab:" in out
     assert 0.0 <= result["metrics"]["test_liver_dice"] <= 1.0
     assert set(result["files"]) == {"checkpoint", "metrics", "lr_csv", "lr_plot", "prediction_png", "split"}
+    # 5 slabs by default: 2 train, and val (model selection), meta (MetaLR) and test on a slab each
+    split = json.loads(result["files"]["split"].read_text())
+    assert [len(split[k]) for k in ("train", "val", "meta", "test")] == [2, 1, 1, 1]
+    assert sorted(sum((split[k] for k in ("train", "val", "meta", "test")), [])) == ["0", "1", "2", "3", "4"]

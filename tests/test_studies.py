@@ -133,6 +133,10 @@ def test_genesis_pretraining_then_bundle_fine_tuning(tmp_path):
                               "--seeds", "0", "--epochs", "1", "--iterations_per_epoch", "1"])
     (record,) = [json.loads(line) for line in runs.read_text().splitlines()]
     assert 0 <= record["test_liver_dice"] <= 1 and set(record["transferability"]) >= {"Down-1", "Out", "mean"}
+    # the split docs/results.md reports (no separate meta slab: meta_fraction=0, MetaLR's meta batches are val)
+    split = json.loads((tmp_path / "seg" / "split.json").read_text())
+    assert (split["train"], split["val"], split["meta"], split["test"], split["meta_fraction"]) == (
+        ["1", "3"], ["0"], [], ["2"], 0)
     run_log = (tmp_path / "seg" / "metalr_seed0" / "run.log").read_text()
     assert f"loaded 104/106 tensors from {weights}" in run_log  # all but the 3-class output layer
     saved = torch.load(weights, weights_only=True)  # UNet3D(1, 1): a 1-channel output layer

@@ -4,7 +4,8 @@
 
 - :func:`lits_datalist` / :func:`lits_inference_list`: find the cases of a LiTS or MSD Task03_Liver dataset
   (layout detected automatically) and check their NIfTI headers, naming any broken file.
-- :func:`split_cases`: a seeded case-level train / val / test split, stored in a JSON file and reused.
+- :func:`split_cases`: a seeded case-level train / val / meta / test split (val chooses the best model, meta feeds
+  MetaLR's meta loader), stored in a JSON file and reused.
 - :class:`LoadVolumed`: ``LoadImaged`` whose read errors name the file.
 - :class:`CheckSegmentationd`: image/label shape, affine, label values and finite voxels, after loading.
 - :data:`LITS_LABELS`, :func:`label_classes` / :func:`label_map`: the classes of a ``label_mode``.
@@ -16,7 +17,8 @@
 
 - :func:`busi_datalist`, :func:`pocus_datalist` (+ :func:`pocus_folds_pickle`, :func:`folds_to_datalist` for the
   MetaLR authors' 5-fold pickle), :func:`chestxray_datalist`: the published layouts, as MONAI datalists.
-- :func:`split_classification`: stratified, grouped (patient / video), seeded splits and k-fold, stored as JSON.
+- :func:`split_classification`: stratified, grouped (patient / video), seeded train / val / meta / test splits and
+  k-fold, stored as JSON; :func:`pocus_split`: the POCUS bundle's split (by video, or whole folds of the pickle).
 - :class:`LoadFramed`: PNG/JPEG, DICOM and video frames as ``[C, H, W]`` tensors;
   :func:`classification_inference_list`: every image, DICOM file and video under a folder, frames sampled by
   :func:`sample_frame_indices`.
@@ -42,7 +44,7 @@ from .frames import sample_frame_indices
 from .image2d import LoadFramed, classification_inference_list, read_frame
 from .lits import LITS_LABELS, lits_datalist, lits_inference_list, split_cases
 from .pocus import POCUS_CLASSES, folds_to_datalist, pocus_classes, pocus_datalist, pocus_folds_pickle
-from .splits import split_classification
+from .splits import pocus_split, split_classification
 from .video import VIDEO_EXTENSIONS, read_video_frames, video_frame_info
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "pocus_classes",
     "pocus_datalist",
     "pocus_folds_pickle",
+    "pocus_split",
     "read_dicom_frame",
     "read_frame",
     "read_inv3",

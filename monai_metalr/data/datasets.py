@@ -81,7 +81,7 @@ def split_subset(split: dict[str, list], part: str, split_file: str | os.PathLik
 
     Args:
         split: as returned by :func:`~monai_metalr.data.split_cases`.
-        part: ``"train"``, ``"val"`` or ``"test"``.
+        part: ``"train"``, ``"val"``, ``"meta"`` or ``"test"``.
         split_file: named in the error message.
     """
     cases = split.get(part, [])

@@ -475,18 +475,47 @@ def _fmt_ids(ids: Iterable[str], limit: int = 20) -> str:
     return ", ".join(ids[:limit]) + more
 
 
-def _load_split(split_file: Path, by_id: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, list[str]], Any]:
-    """``({"train", "val", "test"} -> case ids, stored seed)`` from ``split_file``, checked against ``by_id``."""
+#: The parts of a stored split, in the order they are written.
+_PARTS = ("train", "val", "meta", "test")
+
+
+def _load_split(
+    split_file: Path, by_id: Mapping[str, Mapping[str, Any]], meta_fraction: float
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """``({"train", "val", "meta", "test"} -> case ids, the stored JSON)`` from ``split_file``, checked against
+    ``by_id``.
+
+    A file without a ``"meta"`` list (written before the meta split existed) is refused unless ``meta_fraction``
+    is 0; its ``"meta"`` part is then empty, as in a file written with ``meta_fraction=0``. A file that records
+    another ``meta_fraction`` is refused (MetaLR's meta data and model selection would silently change).
+    """
     hint = "delete the file to compute a new split, or point split_file elsewhere"
     try:
         stored = json.loads(split_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{split_file}: not a readable split file ({type(e).__name__}: {e}); {hint}") from e
-    if not isinstance(stored, dict) or not all(
-        isinstance(stored.get(k), list) and all(isinstance(i, str) for i in stored[k]) for k in ("train", "val", "test")
-    ):
+
+    def _ids(key: str) -> bool:
+        return isinstance(stored.get(key), list) and all(isinstance(i, str) for i in stored[key])
+
+    if not isinstance(stored, dict) or not all(_ids(k) for k in ("train", "val", "test")):
         raise ValueError(f"{split_file}: expected 'train', 'val' and 'test' lists of case ids; {hint}")
-    split = {k: list(stored[k]) for k in ("train", "val", "test")}
+    if "meta" not in stored and meta_fraction > 0:
+        raise ValueError(
+            f"{split_file}: this split file predates the meta split (it has no 'meta' list: MetaLR's meta batches "
+            "came from the 'val' cases that also chose the best model). Delete it to compute a new train / val / "
+            "meta / test split, or use a new output_dir (or split_file); meta_fraction=0 reuses it as it is "
+            "(MetaLR then keeps using the val cases)"
+        )
+    if "meta" in stored and not _ids("meta"):
+        raise ValueError(f"{split_file}: 'meta' must be a list of case ids; {hint}")
+    if "meta_fraction" in stored and stored["meta_fraction"] != meta_fraction:
+        raise ValueError(
+            f"{split_file}: the stored split was made for another protocol (meta_fraction stored "
+            f"{stored['meta_fraction']!r} vs now {meta_fraction!r}); use one output_dir (or split_file) per "
+            "setting, or delete the file"
+        )
+    split = {k: list(stored.get(k, [])) for k in _PARTS}
     listed = [i for ids in split.values() for i in ids]
     repeated = {i for i, count in Counter(listed).items() if count > 1}
     if repeated:
@@ -501,73 +530,121 @@ def _load_split(split_file: Path, by_id: Mapping[str, Mapping[str, Any]]) -> tup
         raise ValueError(f"{split_file}: the stored split does not match the datalist; {'; '.join(parts)}; {hint}")
     if not split["train"] or not split["val"]:
         raise ValueError(f"{split_file}: the stored split needs at least one 'train' and one 'val' case; {hint}")
-    return split, stored.get("seed")
+    if not split["meta"] and meta_fraction > 0:
+        raise ValueError(
+            f"{split_file}: the stored split has no 'meta' case (meta_fraction {meta_fraction}); {hint}, "
+            "or pass meta_fraction=0"
+        )
+    return split, stored
+
+
+def _meta_or_val(split: dict[str, list[str]], where: str) -> dict[str, list[str]]:
+    """``split`` with an empty ``"meta"`` part replaced by the val ids (``meta_fraction=0``), with a warning."""
+    if split["meta"]:
+        return split
+    logging.getLogger("monai_metalr").warning(
+        "%s: meta_fraction=0, no meta split: split['meta'] is the val split, so with MetaLR the best model is "
+        "chosen on the cases MetaLR's meta step learns the learning rates from (model selection is not clean)",
+        where,
+    )
+    return {**split, "meta": list(split["val"])}
 
 
 def split_cases(
     datalist: Sequence[Mapping[str, Any]],
     split_file: str | os.PathLike | None,
-    val_fraction: float = 0.2,
+    val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     seed: int = 0,
+    meta_fraction: float = 0.1,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Split cases into train / val / test, once, and reuse that split from ``split_file`` afterwards.
+    """Split cases into train / val / meta / test, once, and reuse that split from ``split_file`` afterwards.
 
-    If ``split_file`` exists, its case ids are used as they are (``seed`` and the fractions are then ignored), so
-    training, MetaLR's meta loader and evaluation all see the same cases run after run. Otherwise the case ids,
-    sorted naturally, are permuted with ``numpy.random.default_rng(seed)``: the first ``n_test`` are the test
-    cases, the next ``n_val`` the validation cases, the rest training; the split is then written atomically to
-    ``split_file`` (parent folders created) as ``{"seed", "val_fraction", "test_fraction", "train", "val",
-    "test"}``.
+    The four parts are disjoint: ``val`` chooses the best model, ``meta`` feeds MetaLR's meta loader (the held-out
+    batches its learning rates are learned on), ``test`` is only for evaluation. So the best model is chosen on
+    cases the meta step never saw.
 
-    ``n_val = max(1, round(n * val_fraction))`` (MetaLR and validation always need a held-out case) and
-    ``n_test = max(1, round(n * test_fraction))`` if ``test_fraction > 0`` else 0.
+    If ``split_file`` exists, its case ids are used as they are (``seed``, ``val_fraction`` and ``test_fraction``
+    are then ignored), so training, MetaLR's meta loader and evaluation all see the same cases run after run.
+    Otherwise the case ids, sorted naturally, are permuted with ``numpy.random.default_rng(seed)``: the first
+    ``n_test`` are the test cases, the next ``n_val`` the validation cases, the next ``n_meta`` the meta cases,
+    the rest training; the split is then written atomically to ``split_file`` (parent folders created) as
+    ``{"seed", "val_fraction", "meta_fraction", "test_fraction", "train", "val", "meta", "test"}``.
+
+    ``n_val = max(1, round(n * val_fraction))`` (validation always needs a held-out case),
+    ``n_meta = max(1, round(n * meta_fraction))`` and ``n_test = max(1, round(n * test_fraction))`` if their
+    fraction is > 0, else 0. Test and val are the cases an older three-part split with the same ``n_val`` chose;
+    meta comes out of what was training.
+
+    ``meta_fraction=0``: no meta part. The stored ``"meta"`` list is empty and the returned ``split["meta"]`` is
+    the val list, with a warning (model selection then uses MetaLR's meta data). Only then is a split file without
+    a ``"meta"`` list (written before this part existed) reused; with ``meta_fraction > 0`` it is refused, as is a
+    file that records another ``meta_fraction``.
 
     Args:
         datalist: items with a unique ``"case_id"`` (as from :func:`lits_datalist`).
         split_file: JSON file to reuse or create; ``None`` computes the split without storing it.
-        val_fraction: fraction of cases for validation, in [0, 1).
-        test_fraction: fraction of cases held out for testing, in [0, 1); ``val_fraction + test_fraction < 1``.
+        val_fraction: fraction of cases for validation (model selection), in [0, 1).
+        test_fraction: fraction of cases held out for testing, in [0, 1).
         seed: seed of the permutation.
+        meta_fraction: fraction of cases for MetaLR's meta loader, in [0, 1);
+            ``val_fraction + meta_fraction + test_fraction < 1``.
 
     Returns:
-        ``{"train": [...], "val": [...], "test": [...]}``: the datalist items (copies), each list ordered as the
-        split file lists its ids (naturally sorted when computed here).
+        ``{"train": [...], "val": [...], "meta": [...], "test": [...]}``: the datalist items (copies), each list
+        ordered as the split file lists its ids (naturally sorted when computed here).
 
     Raises:
         ValueError: bad fractions; an item that is not a dict or has no ``"case_id"``; a repeated case id (the
             message names both items' files); too few cases for one training case; an existing ``split_file`` that
-            is unreadable or whose ids differ from the datalist's (the message names the file and the ids).
+            is unreadable, whose ids differ from the datalist's or repeat across parts, that has no ``"meta"`` list
+            (``meta_fraction > 0``) or records another ``meta_fraction`` (the message names the file).
     """
     val_fraction = _check_fraction("val_fraction", val_fraction)
+    meta_fraction = _check_fraction("meta_fraction", meta_fraction)
     test_fraction = _check_fraction("test_fraction", test_fraction)
-    if val_fraction + test_fraction >= 1.0:
-        raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
+    if val_fraction + meta_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + meta_fraction + test_fraction must be < 1, got {val_fraction} + {meta_fraction} + "
+            f"{test_fraction}"
+        )
     by_id = _items_by_id(datalist)
 
     path = Path(split_file).expanduser() if split_file is not None else None
     if path is not None and path.exists():
-        split, split_seed = _load_split(path, by_id)
+        split, stored = _load_split(path, by_id, meta_fraction)
+        split_seed = stored.get("seed")
         if split_seed != seed:
             logger.info("%s: reusing the stored split (seed %s); seed argument %s ignored", path, split_seed, seed)
     else:
         n = len(by_id)
         n_val = max(1, round(n * val_fraction))
+        n_meta = max(1, round(n * meta_fraction)) if meta_fraction > 0 else 0
         n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
-        if n - n_val - n_test < 1:
+        if n - n_val - n_meta - n_test < 1:
             raise ValueError(
-                f"split_cases needs at least {n_val + n_test + 1} cases ({n_val} val + {n_test} test + 1 train), "
-                f"got {n}"
+                f"split_cases needs at least {n_val + n_meta + n_test + 1} cases ({n_val} val + {n_meta} meta + "
+                f"{n_test} test + 1 train), got {n}; with fewer, pass test_fraction=0 or meta_fraction=0 (MetaLR then "
+                "uses the val cases)"
             )
         ids = sorted(by_id, key=_natural_key)
         order = [ids[i] for i in np.random.default_rng(seed).permutation(n)]
+        held = n_test + n_val + n_meta
         split = {
-            "train": sorted(order[n_test + n_val :], key=_natural_key),
+            "train": sorted(order[held:], key=_natural_key),
             "val": sorted(order[n_test : n_test + n_val], key=_natural_key),
+            "meta": sorted(order[n_test + n_val : held], key=_natural_key),
             "test": sorted(order[:n_test], key=_natural_key),
         }
         if path is not None:
-            record = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction, **split}
+            record = {
+                "seed": seed,
+                "val_fraction": val_fraction,
+                "meta_fraction": meta_fraction,
+                "test_fraction": test_fraction,
+                **split,
+            }
             with atomic_path(path) as tmp:
                 tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    split = _meta_or_val(split, str(path) if path is not None else "split_cases")
     return {key: [dict(by_id[i]) for i in ids] for key, ids in split.items()}

@@ -1,10 +1,11 @@
-"""Seeded, stratified, grouped train / val / test splits for classification datalists, stored as JSON."""
+"""Seeded, stratified, grouped train / val / meta / test splits for classification datalists, stored as JSON."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import numbers
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -14,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from ..io import atomic_path
-from .lits import _check_fraction, _describe, _items_by_id, _load_split, _natural_key
+from .lits import _check_fraction, _describe, _items_by_id, _load_split, _meta_or_val, _natural_key
 
-__all__ = ["split_classification"]
+__all__ = ["pocus_split", "split_classification"]
 
 logger = logging.getLogger("monai_metalr")
 
@@ -48,17 +49,19 @@ def _sorted_ids(items: Sequence[Mapping[str, Any]]) -> list[str]:
     return sorted((str(i["case_id"]) for i in items), key=_natural_key)
 
 
-def _take(groups: list[str], fraction: float) -> int:
-    """How many of a class's groups a held-out part gets: at least one when the class can spare it."""
-    if fraction <= 0 or len(groups) < 2:
+def _take(groups: list[str], fraction: float, taken: int = 0) -> int:
+    """How many of a class's groups a held-out part gets, ``fraction`` of all ``groups``, after ``taken`` of them went
+    to another held-out part: at least one when the class can spare it (training always keeps at least one)."""
+    free = len(groups) - taken
+    if fraction <= 0 or free < 2:
         return 0
-    return min(max(1, round(len(groups) * fraction)), len(groups) - 1)
+    return min(max(1, round(len(groups) * fraction)), free - 1)
 
 
 def split_classification(
     datalist: Sequence[Mapping[str, Any]],
     split_file: str | os.PathLike | None,
-    val_fraction: float = 0.2,
+    val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     seed: int = 0,
     num_folds: int = 0,
@@ -68,28 +71,41 @@ def split_classification(
     preset_key: str | None = None,
     preset_test: Any = "test",
     preset_val: Any = None,
+    meta_fraction: float = 0.1,
+    preset_meta: Any = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Split a classification datalist into train / val / test, stratified by class and grouped.
+    """Split a classification datalist into train / val / meta / test, stratified by class and grouped.
 
-    Items sharing ``item[group_key]`` (a patient, a video: every frame of it) always land in the same part,
-    so no patient or video is in two parts. Within each class the groups are shuffled with
-    ``numpy.random.default_rng(seed)``; the test part takes ``test_fraction`` of them and validation
-    ``val_fraction`` of the remainder. A held-out part gets at least one group of every class that has two
-    or more, and training always keeps at least one.
+    The four parts are disjoint: ``val`` chooses the best model, ``meta`` feeds MetaLR's meta loader, ``test`` is
+    only for evaluation, so the best model is chosen on data the meta step never saw. Items sharing
+    ``item[group_key]`` (a patient, a video: every frame of it) always land in the same part, so no patient or
+    video is in two parts. Within each class the groups are shuffled with ``numpy.random.default_rng(seed)``; the
+    test part takes ``test_fraction`` of them, then validation ``val_fraction`` and meta ``meta_fraction`` of the
+    remaining (non-test) groups. A held-out part gets at least one group of every class that can spare one
+    (validation first, then meta), and training always keeps at least one.
 
     - ``num_folds > 1``: k-fold cross-validation; each class's shuffled groups are dealt round-robin into
-      ``num_folds`` folds, fold ``fold`` is the test part and validation is carved from the others.
+      ``num_folds`` folds, fold ``fold`` is the test part and validation and meta are carved from the others.
     - ``preset_key``: items whose ``item[preset_key] == preset_test`` form the test part as published (the
       Kermany chest X-ray ``official_split == "test"``, or ``fold == k`` of the MetaLR authors' POCUS
-      5-fold pickle); everything else is split into train and val.
+      5-fold pickle); everything else is split into train, val and meta by groups as above.
+    - ``preset_val`` + ``preset_meta``: val and meta are whole published parts too (e.g. two other folds of the
+      authors' POCUS pickle, whose items have no video ids: carving val or meta out of frames would put frames of
+      one video in two parts); the rest of the non-test items is training. ``preset_val`` needs ``preset_meta``
+      unless ``meta_fraction`` is 0 (``preset_meta`` is then ignored: that part stays in training).
 
-    The split is written to ``split_file`` (JSON of case ids) and reused when that file exists, so model
-    selection on val and evaluation on test see the same cases run after run.
+    ``meta_fraction=0``: no meta part. The stored ``"meta"`` list is empty and the returned ``split["meta"]`` is
+    the val list, with a warning (model selection then uses MetaLR's meta data).
+
+    The split is written to ``split_file`` (JSON of case ids, with the fractions and the protocol) and reused when
+    that file exists, so model selection on val, MetaLR on meta and evaluation on test see the same cases run after
+    run. A stored file made for another protocol (fold, preset parts, ``meta_fraction``) is refused, and so is a
+    file without a ``"meta"`` list (written before the meta split existed) unless ``meta_fraction`` is 0.
 
     Args:
         datalist: items with ``case_id``, ``label_key`` and (optionally) ``group_key``.
         split_file: the JSON file to reuse or create; ``None`` computes without storing.
-        val_fraction: share of each class's (non-test) groups for validation.
+        val_fraction: share of each class's (non-test) groups for validation (model selection).
         test_fraction: share of each class's groups for test (ignored with ``num_folds`` or ``preset_key``).
         seed: the shuffling seed.
         num_folds: number of cross-validation folds (0 or 1: a single split).
@@ -99,22 +115,41 @@ def split_classification(
         preset_key: the key naming a published split, or ``None``.
         preset_test: the value of ``item[preset_key]`` that marks a test item.
         preset_val: if given, the value of ``item[preset_key]`` that marks the validation items (e.g. the next
-            fold of the authors' pickle, whose items have no video ids: carving val from frames would put frames
-            of one video in both train and val).
+            fold of the authors' pickle).
+        meta_fraction: share of each class's (non-test) groups for MetaLR's meta loader, in [0, 1) (ignored with
+            ``preset_meta``, except 0).
+        preset_meta: with ``preset_val``, the value of ``item[preset_key]`` that marks the meta items (e.g. the
+            fold after the validation fold).
 
     Returns:
-        ``{"train", "val", "test"}`` lists of datalist items.
+        ``{"train", "val", "meta", "test"}`` lists of datalist items.
 
     Raises:
         ValueError: bad fractions or fold; an item that is not a dict, has no ``case_id`` or no (a ``None`` /
             NaN) ``label_key``; repeated case ids (the message names the items' files); a group with two labels;
-            an empty train or val part; a stored ``split_file`` that does not match the datalist (the message names
-            the file).
+            an empty train, val or (``meta_fraction > 0``) meta part; ``preset_val`` without ``preset_meta``; a
+            stored ``split_file`` that does not match the datalist, predates the meta split or was made for another
+            protocol (the message names the file).
     """
     val_fraction = _check_fraction("val_fraction", val_fraction)
+    meta_fraction = _check_fraction("meta_fraction", meta_fraction)
     test_fraction = _check_fraction("test_fraction", test_fraction)
     if num_folds > 1 and not 0 <= fold < num_folds:
         raise ValueError(f"fold must be in [0, {num_folds}), got {fold}")
+    if meta_fraction == 0:
+        preset_meta = None
+    if preset_key and meta_fraction > 0 and (preset_val is None) != (preset_meta is None):
+        raise ValueError(
+            "split_classification: preset_val and preset_meta go together (whole published parts for val and for "
+            f"MetaLR's meta batches), got preset_val={preset_val!r}, preset_meta={preset_meta!r}; or pass "
+            "meta_fraction=0 (MetaLR then uses the val items)"
+        )
+    presets = [v for v in (preset_test, preset_val, preset_meta) if v is not None]
+    if preset_key and len(set(map(repr, presets))) < len(presets):
+        raise ValueError(
+            f"split_classification: preset_test, preset_val and preset_meta must differ, got {preset_test!r}, "
+            f"{preset_val!r}, {preset_meta!r}"
+        )
     by_id = _checked_items(datalist, label_key)
     path = Path(split_file).expanduser() if split_file is not None else None
     protocol = {
@@ -123,10 +158,10 @@ def split_classification(
         "preset_key": preset_key,
         "preset_test": preset_test,
         "preset_val": preset_val,
+        "preset_meta": preset_meta,
     }
     if path is not None and path.exists():
-        split, _ = _load_split(path, by_id)
-        stored = json.loads(path.read_text(encoding="utf-8"))
+        split, stored = _load_split(path, by_id, meta_fraction)
         changed = {k: (stored.get(k), v) for k, v in protocol.items() if k in stored and stored[k] != v}
         if changed:  # e.g. another --fold into the same output_dir: never evaluate fold 0 under fold k's name
             detail = ", ".join(f"{k} stored {a!r} vs now {b!r}" for k, (a, b) in changed.items())
@@ -148,16 +183,36 @@ def split_classification(
             preset_key,
             preset_test,
             preset_val,
+            meta_fraction,
+            preset_meta,
         )
         if not split["train"] or not split["val"]:
             raise ValueError(
                 f"split_classification: {len(split['train'])} train and {len(split['val'])} val cases from "
                 f"{len(by_id)}; a class needs at least two groups (patients/videos) to give both"
             )
+        if meta_fraction > 0 and not split["meta"]:
+            why = (
+                f"no item has {preset_key} == {preset_meta!r}"
+                if preset_key and preset_meta is not None
+                else "a class needs at least three non-test groups (patients/videos) to give train, val and meta"
+            )
+            raise ValueError(
+                f"split_classification: no meta cases from {len(by_id)} (meta_fraction {meta_fraction}): {why}; "
+                "add data or pass meta_fraction=0 (MetaLR then uses the val cases)"
+            )
         if path is not None:
-            record = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction, **protocol, **split}
+            record = {
+                "seed": seed,
+                "val_fraction": val_fraction,
+                "meta_fraction": meta_fraction,
+                "test_fraction": test_fraction,
+                **protocol,
+                **split,
+            }
             with atomic_path(path) as tmp:
                 tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    split = _meta_or_val(split, str(path) if path is not None else "split_classification")
     return {part: [dict(by_id[i]) for i in ids] for part, ids in split.items()}
 
 
@@ -173,15 +228,24 @@ def _compute(
     preset_key: str | None,
     preset_test: Any,
     preset_val: Any = None,
+    meta_fraction: float = 0.0,
+    preset_meta: Any = None,
 ) -> dict[str, list[str]]:
     rng = np.random.default_rng(seed)
     is_test = [bool(preset_key) and i.get(preset_key) == preset_test for i in items]
     fixed_test = [i for i, t in zip(items, is_test) if t]
     pool = [i for i, t in zip(items, is_test) if not t]
     if preset_key and preset_val is not None:
-        val = [i for i in pool if i.get(preset_key) == preset_val]
-        train = [i for i in pool if i.get(preset_key) != preset_val]
-        return {"train": _sorted_ids(train), "val": _sorted_ids(val), "test": _sorted_ids(fixed_test)}
+        part = {id(i): "val" if i.get(preset_key) == preset_val else "train" for i in pool}
+        if preset_meta is not None:
+            part.update({id(i): "meta" for i in pool if i.get(preset_key) == preset_meta})
+        train, val, meta = ([i for i in pool if part[id(i)] == name] for name in ("train", "val", "meta"))
+        return {
+            "train": _sorted_ids(train),
+            "val": _sorted_ids(val),
+            "meta": _sorted_ids(meta),
+            "test": _sorted_ids(fixed_test),
+        }
     test_groups = {str(i.get(group_key, i["case_id"])) for i in fixed_test}
     shared = sorted(test_groups & {str(i.get(group_key, i["case_id"])) for i in pool})
     if shared:  # a published test split cannot be changed, but the user must know
@@ -202,10 +266,79 @@ def _compute(
             n_test = _take(order, test_fraction)
             test, rest = order[:n_test], order[n_test:]
         n_val = _take(rest, val_fraction)
+        n_meta = _take(rest, meta_fraction, taken=n_val)
         part_of.update({g: "test" for g in test})
         part_of.update({g: "val" for g in rest[:n_val]})
-        part_of.update({g: "train" for g in rest[n_val:]})
-    split: dict[str, list[str]] = {"train": [], "val": [], "test": [str(i["case_id"]) for i in fixed_test]}
+        part_of.update({g: "meta" for g in rest[n_val : n_val + n_meta]})
+        part_of.update({g: "train" for g in rest[n_val + n_meta :]})
+    split: dict[str, list[str]] = {
+        "train": [],
+        "val": [],
+        "meta": [],
+        "test": [str(i["case_id"]) for i in fixed_test],
+    }
     for item in pool:
         split[part_of[str(item.get(group_key, item["case_id"]))]].append(str(item["case_id"]))
     return {k: sorted(v, key=_natural_key) for k, v in split.items()}
+
+
+def pocus_split(
+    datalist: Sequence[Mapping[str, Any]],
+    split_file: str | os.PathLike | None,
+    pickle_folds: bool = False,
+    val_fraction: float = 0.1,
+    meta_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    num_folds: int = 0,
+    fold: int = 0,
+) -> dict[str, list[dict[str, Any]]]:
+    """The POCUS bundle's train / val / meta / test split (:func:`split_classification`), for either data source.
+
+    - ``pickle_folds=False``: the published video layout (:func:`~monai_metalr.data.pocus_datalist`), split by
+      video (every frame of a video in one part), stratified and seeded; ``num_folds > 1`` runs k-fold by video.
+    - ``pickle_folds=True``: the MetaLR authors' 5-fold pickle (:func:`~monai_metalr.data.folds_to_datalist`,
+      items with ``"fold"``). Fold ``fold`` is the test part, fold ``(fold + 1) % n`` validation and fold
+      ``(fold + 2) % n`` MetaLR's meta part; training gets the other ``n - 3`` folds (2 of the pickle's 5). Whole
+      folds, because the pickle has no video ids: carving val or meta out of frames would put frames of one video
+      in two parts. ``num_folds``, ``seed`` and the fractions are not used then, except ``meta_fraction=0``: no meta
+      fold (``split["meta"]`` is the val fold, with a warning) and training keeps ``n - 2`` folds.
+
+    Args:
+        datalist: from :func:`~monai_metalr.data.pocus_datalist` or :func:`~monai_metalr.data.folds_to_datalist`.
+        split_file: the JSON file to reuse or create; ``None`` computes without storing.
+        pickle_folds: whether ``datalist`` comes from the fold pickle.
+        val_fraction, meta_fraction, test_fraction, seed, num_folds: as for :func:`split_classification`.
+        fold: the test fold (k-fold or pickle).
+
+    Returns:
+        ``{"train", "val", "meta", "test"}`` lists of datalist items.
+
+    Raises:
+        ValueError: with ``pickle_folds``, an item without ``"fold"``, fewer folds than test, val, meta and train
+            need (4; 3 with ``meta_fraction=0``) or ``fold`` out of range; anything :func:`split_classification`
+            raises.
+    """
+    if not pickle_folds:
+        return split_classification(
+            datalist, split_file, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+            num_folds=num_folds, fold=fold, meta_fraction=meta_fraction,
+        )
+    folds = set()
+    for i, item in enumerate(datalist):
+        fold_of = item.get("fold") if isinstance(item, Mapping) else None
+        if not isinstance(fold_of, numbers.Integral) or isinstance(fold_of, bool):
+            raise ValueError(f"pocus_split: pickle_folds needs items with an integer 'fold'; item {i} is {item!r}")
+        folds.add(int(fold_of))
+    n = 1 + max(folds, default=-1)
+    needed = 4 if meta_fraction > 0 else 3
+    if n < needed:
+        parts = "test, val, meta and train" if meta_fraction > 0 else "test, val and train"
+        raise ValueError(f"pocus_split: the fold pickle has {n} folds; {parts} need one fold each ({needed})")
+    if not 0 <= fold < n:
+        raise ValueError(f"pocus_split: fold must be in [0, {n}) for the {n}-fold pickle, got {fold}")
+    return split_classification(
+        datalist, split_file, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, num_folds=0,
+        fold=fold, preset_key="fold", preset_test=fold, preset_val=(fold + 1) % n, meta_fraction=meta_fraction,
+        preset_meta=(fold + 2) % n if meta_fraction > 0 else None,
+    )
