@@ -60,15 +60,15 @@ def vector_work_seconds(meta: MetaLR, repeats: int) -> float:
     for i in range(repeats + 2):
         sync()
         start = time.perf_counter()
-        meta._look_ahead()
+        meta._look_ahead(meta._base_lrs() * meta.multipliers)
         sync()
         mid = time.perf_counter()
         for leaf in meta._leaves.values():  # stands in for the meta backward
             leaf.grad = torch.randn_like(leaf)
         sync()
         resume = time.perf_counter()
-        h = meta._hypergradient()
-        meta._update_lrs(h, torch.isfinite(h).all())
+        h, _ = meta._hypergradient()
+        meta._update_multipliers(meta._base_lrs(), h, torch.isfinite(h).all(), None)
         sync()
         if i >= 2:  # warm-up
             samples.append(mid - start + time.perf_counter() - resume)

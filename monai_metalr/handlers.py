@@ -34,12 +34,17 @@ class MetaLRHandler:
     ``unscale_``, meta forward under autocast, inf/NaN steps skipped), ``accumulation_steps`` (meta step
     only on the micro-batch that steps), ``optim_set_to_none`` and ``compile``.
 
-    At the end of every epoch (every iteration on CPU) the LRs are on ``engine.state``: ``engine.state.metalr_lr`` (dict group -> LR)
-    and one float attribute per group, ``<state_prefix><group>``; :attr:`state_attributes` lists them
-    for ``StatsHandler`` / ``TensorBoardStatsHandler`` / ``MLFlowHandler(state_attributes=...)``.
+    MetaLR learns a multiplier per group on top of the LR the optimizer's param group holds, so an
+    ``LrScheduleHandler`` (or any torch LR scheduler) keeps working: each step uses schedule x multiplier.
+
+    At the end of every epoch (every iteration on CPU) the LRs in use are on ``engine.state``:
+    ``engine.state.metalr_lr`` (dict group -> LR), ``engine.state.metalr_multiplier`` (dict group -> learned
+    multiplier) and one float attribute per group, ``<state_prefix><group>``; :attr:`state_attributes` lists
+    them for ``StatsHandler`` / ``TensorBoardStatsHandler`` / ``MLFlowHandler(state_attributes=...)``. A group
+    whose multiplier sat at a bound for a whole epoch is named in a warning.
     With ``output_dir`` the LR history is written as ``metalr_lr.csv`` and ``metalr_lr.png`` at the end
     of every epoch (atomically); with ``summary_writer`` or ``log_dir`` every meta step is logged to
-    TensorBoard as ``metalr/lr/<group>`` and ``metalr/hypergrad/<group>``.
+    TensorBoard as ``metalr/lr/<group>``, ``metalr/multiplier/<group>`` and ``metalr/hypergrad/<group>``.
 
     Args:
         meta_loader: held-out batches (a validation split); cycled across epochs.
@@ -49,13 +54,14 @@ class MetaLRHandler:
         log_dir: create a ``SummaryWriter`` here if ``summary_writer`` is not given.
         state_prefix: prefix of the per-group attributes put on ``engine.state``.
         epoch_level_files: write CSV/PNG at every epoch end (else only when training completes).
-        metalr_kwargs: passed to :class:`~monai_metalr.MetaLR` (``hyper_lr``, ``update``, ``lr_bounds``,
-            ``interval``, ``lookahead``, ``fixed_groups``, ``fixed_epochs``, ``seed``).
+        metalr_kwargs: passed to :class:`~monai_metalr.MetaLR` (``hyper_lr``, ``update``, ``multiplier_bounds``,
+            ``interval``, ``lookahead``, ``fixed_groups``, ``fixed_epochs``, ``seed``, ``preserve_rng``); the
+            defaults need no tuning.
 
     Example (bundle config)::
 
-        "metalr": {"_target_": "monai_metalr.MetaLRHandler", "meta_loader": "@val#dataloader",
-                   "hyper_lr": 0.0001, "output_dir": "@output_dir"}
+        "metalr": {"_target_": "monai_metalr.MetaLRHandler", "meta_loader": "@meta#dataloader",
+                   "output_dir": "@output_dir"}
     """
 
     def __init__(
@@ -160,11 +166,14 @@ class MetaLRHandler:
 
     def _put_on_state(self, engine: Engine) -> None:
         epoch_length = engine.state.epoch_length
-        on_device = self.meta.lrs.device.type != "cpu"  # type: ignore[union-attr]
+        on_device = self.meta.multipliers.device.type != "cpu"  # type: ignore[union-attr]
         if on_device and epoch_length is not None and engine.state.iteration % epoch_length:
             return  # reading device LRs is a host sync: once per epoch is enough for epoch-level loggers
         lrs = dict(zip(self.meta.group_names, self.meta.lrs.tolist()))  # type: ignore[union-attr]
         engine.state.metalr_lr = lrs
+        engine.state.metalr_multiplier = dict(
+            zip(self.meta.group_names, self.meta.multipliers.tolist())  # type: ignore[union-attr]
+        )
         for name, lr in lrs.items():
             setattr(engine.state, f"{self.state_prefix}{name}", lr)
 
@@ -173,7 +182,13 @@ class MetaLRHandler:
         if self.epoch_level_files:
             self.write_outputs()
         meta = self.meta
-        summary = ", ".join(f"{g}={lr:.3g}" for g, lr in zip(meta.group_names, meta.lrs.tolist()))  # type: ignore
+        pinned = meta.groups_at_bound()  # type: ignore[union-attr]  (warns, naming them)
+        if pinned:
+            self.logger.warning(f"Epoch {engine.state.epoch}: MetaLR groups pinned at a multiplier bound: {pinned}")
+        summary = ", ".join(
+            f"{g}={lr:.3g} (x{m:.3g})"
+            for g, lr, m in zip(meta.group_names, meta.lrs.tolist(), meta.multipliers.tolist())  # type: ignore
+        )
         self.logger.info(f"Epoch {engine.state.epoch} MetaLR learning rates: {summary}")
 
     def _completed(self, engine: Engine) -> None:
@@ -203,6 +218,7 @@ class MetaLRHandler:
             step = int(history["step"][i])
             for j, name in enumerate(self.meta.group_names):  # type: ignore[union-attr]
                 self.summary_writer.add_scalar(f"metalr/lr/{name}", float(history["lr"][i, j]), step)
+                self.summary_writer.add_scalar(f"metalr/multiplier/{name}", float(history["multiplier"][i, j]), step)
                 self.summary_writer.add_scalar(f"metalr/hypergrad/{name}", float(history["hypergrad"][i, j]), step)
             self.summary_writer.add_scalar("metalr/meta_loss", float(history["meta_loss"][i]), step)
         self._logged_rows = len(history["step"])

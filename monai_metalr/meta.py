@@ -1,24 +1,29 @@
-"""MetaLR: learn one learning rate per layer group online, by an exact first-order hypergradient.
+"""MetaLR: learn one learning-rate multiplier per layer group online, by an exact first-order hypergradient.
 
-Per optimizer step, after ``loss.backward()`` and before ``optimizer.step()``:
+Group j steps with ``alpha_j = s_j(t) * m_j``: ``s_j(t)`` is the LR its optimizer param group holds (a constant
+or an LR scheduler's value, never overwritten) and ``m_j`` is what MetaLR learns (starting at 1). Per optimizer
+step, after ``loss.backward()`` and before ``optimizer.step()``:
 
 1. u = the real optimizer's update direction (from g and its state, nothing mutated);
 2. look-ahead ``theta_hat = theta - alpha_j * u`` per layer group j;
 3. one forward + backward of a held-out meta batch at ``theta_hat`` gives ``v = grad L_val(theta_hat)``;
 4. ``h_j = dL_val/dalpha_j = -<v, u>_j`` (exact: theta_hat is linear in alpha, no second-order graph);
-5. ``alpha_j <- alpha_j * (1 - eta * h_j)`` (or ``alpha_j - eta * h_j``), clamped to ``lr_bounds``;
-6. the caller's ``optimizer.step()`` then uses the new LRs with the same gradient g.
+5. ``m_j`` is updated by the rule of :mod:`monai_metalr.hyper_updates` (default: a scale-free Adam step on
+   ``log m_j``) and clamped to ``multiplier_bounds``;
+6. the caller's ``optimizer.step()`` then uses ``s_j * m_j`` with the same gradient g: a step pre-hook puts
+   the product into the param groups and a post-hook puts the scheduler's value back.
 
-The model's parameters, ``.grad``, buffers and the optimizer state are never written. One flat
-parameter-sized buffer is kept, the look-ahead weights; after the meta backward it is reused to form
-``v * u``. The meta gradient v is allocated by autograd as the backward runs, like any gradient, and
-freed at the end of the step. Adam's direction needs a scratch buffer while u is formed; it is freed
-before the meta forward, so it never coexists with the meta batch's activations.
+The model's parameters, ``.grad``, buffers, the optimizer state and the global RNG streams are never changed
+by the meta step. One flat parameter-sized buffer is kept, the look-ahead weights; after the meta backward it
+is reused to form ``v * u``. The meta gradient v is allocated by autograd as the backward runs, like any
+gradient, and freed at the end of the step. Adam's direction needs a scratch buffer while u is formed; it is
+freed before the meta forward, so it never coexists with the meta batch's activations.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -30,11 +35,15 @@ from torch import Tensor, nn
 from .directions import make_direction
 from .flat import FlatLayout
 from .groups import optimizer_group_names, unwrap_model
+from .hyper_updates import HyperUpdate, make_hyper_update
 from .stream import MetaBatchStream
 
-__all__ = ["MetaLR", "default_prepare_batch"]
+__all__ = ["DEFAULT_HYPER_LR", "DEFAULT_MULTIPLIER_BOUNDS", "MetaLR", "default_prepare_batch"]
 
-_UPDATES = ("multiplicative", "additive")
+#: the default step size of the default ``log_adam`` rule: at most a 1% LR change per meta step
+DEFAULT_HYPER_LR = 0.01
+#: the default range of a learned multiplier m_j (the LR used is ``s_j(t) * m_j``)
+DEFAULT_MULTIPLIER_BOUNDS = (0.01, 100.0)
 
 
 def default_prepare_batch(batch: Any, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -50,9 +59,34 @@ def default_prepare_batch(batch: Any, device: torch.device) -> tuple[Tensor, Ten
     return x.to(device), y.to(device)
 
 
+def _number(name: str, value: Any, kind: type = float) -> float | int:
+    """A finite number from ``value`` (configuration values from a command line arrive as strings)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value.strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if kind is int:
+        if number != int(number):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return int(number)
+    return number
+
+
+def _bounds(name: str, value: Any) -> tuple[float, float]:
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair (low, high), got {value!r}")
+    return _number(f"{name}[0]", value[0]), _number(f"{name}[1]", value[1])
+
+
 class _History:
-    """Meta-step records in one growing float64 tensor on the LRs' device: one row of ``3 + 2G`` numbers
-    per meta step (step, meta loss, skipped, LRs, h), no Python object per step and no host sync."""
+    """Meta-step records in one growing float64 tensor on the LRs' device: one row of ``3 + 3G`` numbers
+    per meta step (step, meta loss, skipped, LRs, multipliers, h), no Python object per step and no host sync."""
+
+    _COLUMNS = ("lr", "multiplier", "hypergrad")
 
     def __init__(self, num_groups: int) -> None:
         self.num_groups = num_groups
@@ -62,50 +96,57 @@ class _History:
     def __len__(self) -> int:
         return self.length
 
-    def append(self, step: int, meta_loss: Tensor, skipped: Tensor, lrs: Tensor, h: Tensor) -> None:
-        n, g = self.length, self.num_groups
+    @property
+    def width(self) -> int:
+        return 3 + len(self._COLUMNS) * self.num_groups
+
+    def _block(self, k: int) -> slice:
+        g = self.num_groups
+        return slice(3 + k * g, 3 + (k + 1) * g)
+
+    def append(self, step: int, meta_loss: Tensor, skipped: Tensor, lrs: Tensor, mult: Tensor, h: Tensor) -> None:
+        n = self.length
         if self._rows is None or self._rows.device != lrs.device:
-            self._rows = torch.empty(64, 3 + 2 * g, dtype=torch.float64, device=lrs.device)
+            self._rows = torch.empty(64, self.width, dtype=torch.float64, device=lrs.device)
         elif n == self._rows.shape[0]:  # doubling: amortised O(1) per step
-            grown = torch.empty(2 * n, self._rows.shape[1], dtype=torch.float64, device=lrs.device)
+            grown = torch.empty(2 * n, self.width, dtype=torch.float64, device=lrs.device)
             grown[:n] = self._rows
             self._rows = grown
         row = self._rows[n]
         row[0] = step  # exact in float64 up to 2**53
         row[1] = meta_loss.detach().to(torch.float64)
         row[2] = skipped.to(torch.float64)
-        row[3 : 3 + g] = lrs
-        row[3 + g :] = h.to(torch.float64)
+        for k, values in enumerate((lrs, mult, h)):
+            row[self._block(k)] = values.to(torch.float64)
         self.length += 1
 
     def as_dict(self) -> dict[str, Tensor]:
-        n, g = self.length, self.num_groups
-        rows = self._rows[:n].cpu() if self._rows is not None else torch.zeros(0, 3 + 2 * g, dtype=torch.float64)
-        return {
-            "step": rows[:, 0].long(),
-            "lr": rows[:, 3 : 3 + g].clone(),
-            "hypergrad": rows[:, 3 + g :].clone(),
-            "meta_loss": rows[:, 1].clone(),
-            "skipped": rows[:, 2].bool(),
-        }
+        n = self.length
+        rows = self._rows[:n].cpu() if self._rows is not None else torch.zeros(0, self.width, dtype=torch.float64)
+        out = {"step": rows[:, 0].long(), "meta_loss": rows[:, 1].clone(), "skipped": rows[:, 2].bool()}
+        for k, key in enumerate(self._COLUMNS):
+            out[key] = rows[:, self._block(k)].clone()
+        return out
 
     def load(self, state: Mapping[str, Tensor], device: torch.device) -> None:
-        n, g = len(state["step"]), self.num_groups
-        self._rows = torch.zeros(max(64, n), 3 + 2 * g, dtype=torch.float64, device=device)
+        n = len(state["step"])
+        self._rows = torch.zeros(max(64, n), self.width, dtype=torch.float64, device=device)
         if n:
             self._rows[:n, 0] = state["step"].to(torch.float64)
             self._rows[:n, 1] = state["meta_loss"]
             self._rows[:n, 2] = state["skipped"].to(torch.float64)
-            self._rows[:n, 3 : 3 + g] = state["lr"]
-            self._rows[:n, 3 + g :] = state["hypergrad"]
+            for k, key in enumerate(self._COLUMNS):
+                self._rows[:n, self._block(k)] = state[key]
         self.length = n
 
 
 class MetaLR:
     """Meta-learned per-layer learning rates for fine-tuning (Chen et al., MICCAI 2023), exact and first-order.
 
-    One optimizer param group is one layer group (build it with :func:`monai_metalr.param_groups`).
-    Call :meth:`step` after ``loss.backward()`` and before ``optimizer.step()``::
+    One optimizer param group is one layer group (build it with :func:`monai_metalr.param_groups`). MetaLR
+    learns a multiplier ``m_j`` per group; the optimizer steps with ``s_j(t) * m_j``, where ``s_j(t)`` is
+    whatever the param group's ``"lr"`` holds (its initial LR, or an LR scheduler's value: schedules are
+    never overwritten). Call :meth:`step` after ``loss.backward()`` and before ``optimizer.step()``::
 
         opt = torch.optim.Adam(param_groups(net, 1e-3, head_lr=1e-2))
         meta = MetaLR(net, opt, val_loader, loss_fn)
@@ -118,15 +159,23 @@ class MetaLR:
     Args:
         model: the network being trained (DDP / ``torch.compile`` wrappers are seen through).
         optimizer: ``SGD``, ``Adam`` or ``AdamW`` for ``lookahead="optimizer"``; any optimizer for ``"sgd"``.
-        meta_loader: held-out batches (a validation split, not training data); cycled, reproducibly shuffled.
+        meta_loader: held-out batches (a split that neither training nor model selection uses); cycled,
+            reproducibly shuffled.
         loss_function: ``loss_function(pred, target)``; its mean is the meta loss.
-        hyper_lr: step size eta of the LR update.
-        update: ``"multiplicative"`` (``alpha*(1 - eta*h)``, the authors' code) or ``"additive"`` (the paper text).
-        lr_bounds: ``(lr_min, lr_max)``; every LR is clamped to it after each update.
-        interval: run the meta step every ``interval`` optimizer steps (cost about ``1 + 1/interval`` passes).
+        hyper_lr: step size eta of the rule. For the default ``log_adam`` it is the largest relative change of
+            an LR per meta step (reached only while a group's hypergradient keeps its sign), the same for every
+            network, loss and optimizer; the paper's rules need an eta matched to the scale of h.
+        update: the multiplier update rule, one of :data:`monai_metalr.hyper_updates.HYPER_UPDATES`:
+            ``"log_adam"`` (default, scale-free and noise-averaging), ``"multiplicative"`` (the authors' code),
+            ``"additive"`` (the paper's text), ``"cosine"`` (hypergradient descent's normalised rule), ``"sign"``.
+        multiplier_bounds: ``(low, high)`` with ``low < 1 < high``; every multiplier is clamped to it after each
+            update, so a group's LR stays within ``[low, high] * s_j(t)``. A group that sits at a bound for a
+            whole epoch gets a warning (:meth:`groups_at_bound`).
+        interval: run the meta step every ``interval`` optimizer steps (cost about ``1 + 1/interval`` passes);
+            the learned multipliers apply to every step.
         lookahead: ``"optimizer"``: the real optimizer's direction (momentum, Nesterov, weight decay, Adam
             moments and bias correction); ``"sgd"``: the raw gradient.
-        fixed_groups: names of groups whose LR is held for the first ``fixed_epochs`` epochs
+        fixed_groups: names of groups whose multiplier is held for the first ``fixed_epochs`` epochs
             (``None`` with ``fixed_epochs > 0`` holds all groups: a warm-up).
         fixed_epochs: number of epochs (counted by :meth:`set_epoch`) during which ``fixed_groups`` are held.
         prepare_batch: ``prepare_batch(batch, device) -> (inputs, targets)`` or
@@ -135,11 +184,13 @@ class MetaLR:
             and scales the meta loss; a step with inf/NaN gradients is a skipped meta step.
         autocast_kwargs: if given, the meta forward runs under ``torch.autocast(**autocast_kwargs)``.
         seed: base seed of the meta-batch shuffling (default ``torch.initial_seed()``).
+        preserve_rng: run the meta forward on forked RNG states (CPU and the parameters' device), so dropout,
+            stochastic depth and augmentation draws of training are the same as without MetaLR.
 
     Raises:
         ValueError: an optimizer with one param group, a parameter in no group or in two, an unknown
-            ``update``/``lookahead``, inverted or non-positive ``lr_bounds``, an initial LR outside the
-            bounds, an unknown fixed group, or an empty meta loader.
+            ``update``/``lookahead``, a non-numeric, non-finite or negative ``hyper_lr``, ``multiplier_bounds``
+            that do not contain 1, an unknown fixed group, or an empty meta loader.
     """
 
     def __init__(
@@ -148,9 +199,9 @@ class MetaLR:
         optimizer: torch.optim.Optimizer,
         meta_loader: Iterable,
         loss_function: Callable[..., Tensor],
-        hyper_lr: float = 0.1,
-        update: str = "multiplicative",
-        lr_bounds: tuple[float, float] = (1e-6, 1e-2),
+        hyper_lr: float = DEFAULT_HYPER_LR,
+        update: str = "log_adam",
+        multiplier_bounds: tuple[float, float] = DEFAULT_MULTIPLIER_BOUNDS,
         interval: int = 1,
         lookahead: str = "optimizer",
         fixed_groups: Sequence[str] | None = None,
@@ -159,60 +210,79 @@ class MetaLR:
         scaler: Any | None = None,
         autocast_kwargs: dict | None = None,
         seed: int | None = None,
+        preserve_rng: bool = True,
     ) -> None:
-        if update not in _UPDATES:
-            raise ValueError(f"unknown update {update!r}; use 'multiplicative' or 'additive'")
-        lo, hi = (float(b) for b in lr_bounds)
-        if not 0.0 < lo < hi:
-            raise ValueError(f"lr_bounds must satisfy 0 < lr_min < lr_max, got {tuple(lr_bounds)}")
-        if int(interval) < 1:
-            raise ValueError(f"interval must be a positive integer, got {interval!r}")
+        hyper_lr = _number("hyper_lr", hyper_lr)
         if hyper_lr < 0:
             raise ValueError(f"hyper_lr must be >= 0, got {hyper_lr}")
+        lo, hi = _bounds("multiplier_bounds", multiplier_bounds)
+        if not 0.0 < lo < 1.0 < hi:
+            raise ValueError(
+                f"multiplier_bounds must satisfy 0 < low < 1 < high (every multiplier starts at 1), got {(lo, hi)}"
+            )
+        interval = _number("interval", interval, int)
+        if interval < 1:
+            raise ValueError(f"interval must be a positive integer, got {interval!r}")
         self.model = model
         self.module = unwrap_model(model)
         self.optimizer = optimizer
         self.group_names = optimizer_group_names(model, optimizer)
         self.direction = make_direction(optimizer, [p for g in optimizer.param_groups for p in g["params"]], lookahead)
         self.loss_function = loss_function
-        self.hyper_lr, self.update, self.lr_bounds = float(hyper_lr), update, (lo, hi)
-        self.interval, self.lookahead = int(interval), lookahead
+        self.rule: HyperUpdate = make_hyper_update(update, hyper_lr, len(self.group_names))
+        self.hyper_lr, self.update, self.multiplier_bounds = hyper_lr, update, (lo, hi)
+        self.interval, self.lookahead = interval, lookahead
         self.prepare_batch = prepare_batch or default_prepare_batch
         self.scaler, self.autocast_kwargs = scaler, autocast_kwargs
+        self.preserve_rng = bool(preserve_rng)
         unknown = sorted(set(fixed_groups or ()) - set(self.group_names))
         if unknown:
             raise ValueError(f"fixed_groups {unknown} are not layer groups; groups are {self.group_names}")
         self.fixed_groups = list(self.group_names if fixed_groups is None else fixed_groups)
-        self.fixed_epochs = int(fixed_epochs)
+        self.fixed_epochs = _number("fixed_epochs", fixed_epochs, int)
         self.stream = MetaBatchStream(meta_loader, seed)
 
         self.params: list[Tensor] = list(self.direction.params)
         names = {id(p): n for n, p in self.module.named_parameters()}
         self.param_names = [names[id(p)] for p in self.params]
         self._layout = FlatLayout([[p.numel() for p in g["params"]] for g in optimizer.param_groups])
-        initial = [float(g["lr"]) for g in optimizer.param_groups]
-        outside = [(n, lr) for n, lr in zip(self.group_names, initial) if not lo <= lr <= hi]
-        if outside:
-            raise ValueError(f"initial LRs {outside} are outside lr_bounds {(lo, hi)}; widen lr_bounds or lower the LR")
-        self._lrs = torch.tensor(initial, dtype=torch.float64)
+        num_groups = len(self.group_names)
+        self._mult = torch.ones(num_groups, dtype=torch.float64)
+        self._mult_host: list[float] = [1.0] * num_groups  # for optimizers that take float LRs
         self._skipped = torch.zeros((), dtype=torch.long)
-        self._fixed = torch.zeros(len(self.group_names), dtype=torch.bool)
+        self._fixed = torch.zeros(num_groups, dtype=torch.bool)
+        self._at_bound = torch.ones(num_groups, dtype=torch.bool)  # at a bound at every meta step since reset
+        self._steps_since_bound_check = 0
         self.epoch = 0
         self.num_calls = 0  # optimizer steps seen
         self.num_meta_steps = 0
-        self._history = _History(len(self.group_names))
+        self._history = _History(num_groups)
         self._lookahead: Tensor | None = None  # flat theta_hat; v * u after the meta backward
         self._la_views: list[Tensor] = []
         self._leaves: dict[str, Tensor] = {}  # theta_hat views that autograd differentiates
         self._buffer_copies: dict[str, Tensor] = {}
-        self._opt_lrs: Tensor | None = None
+        self._group_of_param: Tensor | None = None  # for the cosine rule's per-group |v|
+        self._base_key: tuple | None = None
+        self._base_dev: Tensor | None = None
+        self._saved_lrs: list[Any] | None = None
+        self._warned_sync = False
+        self._hooks = [
+            optimizer.register_step_pre_hook(self._apply_multipliers),
+            optimizer.register_step_post_hook(self._restore_schedule),
+        ]
         self.set_epoch(0)
 
     # ------------------------------------------------------------------ state
     @property
+    def multipliers(self) -> Tensor:
+        """The learned multipliers ``m_j`` (float64; on the parameters' device from the first meta step)."""
+        return self._mult
+
+    @property
     def lrs(self) -> Tensor:
-        """Current learning rates, one per group (float64; on the parameters' device from the first meta step)."""
-        return self._lrs
+        """The LRs the next optimizer step uses, ``s_j(t) * m_j`` (float64), with ``s_j(t)`` read from the
+        optimizer's param groups now."""
+        return self._base_lrs() * self._mult
 
     @property
     def num_skipped(self) -> int:
@@ -221,22 +291,53 @@ class MetaLR:
 
     @property
     def history(self) -> dict[str, Tensor]:
-        """Per meta step: ``step`` (optimizer step, 1-based), ``lr`` [N, G] after the update,
-        ``hypergrad`` [N, G], ``meta_loss`` [N], ``skipped`` [N] (CPU tensors)."""
+        """Per meta step: ``step`` (optimizer step, 1-based), ``lr`` [N, G] (the LRs used by that step's
+        optimizer step), ``multiplier`` [N, G] (after the update), ``hypergrad`` [N, G], ``meta_loss`` [N],
+        ``skipped`` [N] (CPU tensors)."""
         return self._history.as_dict()
 
     def set_epoch(self, epoch: int) -> None:
-        """Tell MetaLR the (0-based) training epoch; it decides which groups are still held fixed."""
+        """Tell MetaLR the (0-based) training epoch; it decides which groups are still held fixed.
+
+        A group whose multiplier sat at a bound at every meta step since the previous epoch gets a warning
+        (see :meth:`groups_at_bound`)."""
+        self.groups_at_bound()
         self.epoch = int(epoch)
         held = self.epoch < self.fixed_epochs
         mask = [held and name in self.fixed_groups for name in self.group_names]
-        self._fixed = torch.tensor(mask, dtype=torch.bool, device=self._lrs.device)
+        self._fixed = torch.tensor(mask, dtype=torch.bool, device=self._mult.device)
+
+    def groups_at_bound(self, warn: bool = True) -> list[str]:
+        """Names of the groups whose multiplier was at a bound at every meta step since the last call (or
+        since :meth:`set_epoch`); with ``warn``, a ``UserWarning`` names them. The record is then reset.
+
+        A pinned group's LR is decided by the bound, not by the meta signal: widen ``multiplier_bounds`` or
+        start that group at another LR. Reading the record is one host sync (call it once per epoch)."""
+        if self._steps_since_bound_check == 0:
+            return []
+        pinned = [n for n, p in zip(self.group_names, self._at_bound.tolist()) if p]
+        if pinned and warn:
+            lo, hi = self.multiplier_bounds
+            values = dict(zip(self.group_names, self._mult.tolist()))
+            detail = ", ".join(f"{n} (multiplier {values[n]:.3g})" for n in pinned)
+            warnings.warn(
+                f"MetaLR: {detail} sat at a multiplier bound {(lo, hi)} for all {self._steps_since_bound_check} "
+                f"meta steps of epoch {self.epoch}; their LRs are set by the bound, not learned. Widen "
+                "multiplier_bounds, or change those groups' initial LRs.",
+                stacklevel=2,
+            )
+        self._at_bound = torch.ones_like(self._at_bound)
+        self._steps_since_bound_check = 0
+        return pinned
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly: LRs, counters, meta-loader position and history."""
+        """Everything needed to resume exactly: multipliers, the rule's state, counters, meta-loader position
+        and history. (The schedule's ``s_j(t)`` is the optimizer's and the scheduler's state.)"""
         return {
             "group_names": list(self.group_names),
-            "lrs": self._lrs.detach().cpu().clone(),
+            "update": self.update,
+            "multipliers": self._mult.detach().cpu().clone(),
+            "rule": self.rule.state_dict(),
             "epoch": self.epoch,
             "num_calls": self.num_calls,
             "num_meta_steps": self.num_meta_steps,
@@ -246,32 +347,52 @@ class MetaLR:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; the LRs are written back into the optimizer.
+        """Restore :meth:`state_dict`.
 
         Raises:
-            ValueError: the state was saved for other layer groups.
+            ValueError: the state was saved for other layer groups, by another update rule, or by a version
+                of MetaLR that learned absolute LRs instead of multipliers.
         """
         if list(state["group_names"]) != self.group_names:
             raise ValueError(
                 f"MetaLR state is for groups {list(state['group_names'])}, this run has {self.group_names}"
             )
+        if "multipliers" not in state:
+            raise ValueError(
+                "MetaLR state was saved by an older version that learned absolute LRs (no 'multipliers'); "
+                "it cannot be continued: start a fresh run (new output_dir, or resume=False)"
+            )
+        if state.get("update", self.update) != self.update:
+            raise ValueError(
+                f"MetaLR state was saved with update={state['update']!r}, this run uses update={self.update!r}"
+            )
         device = self._device()
-        self._lrs = state["lrs"].to(device=device, dtype=torch.float64).clone()
+        self._mult = state["multipliers"].to(device=device, dtype=torch.float64).clone()
+        self._mult_host = self._mult.tolist()
+        self.rule.to(device)
+        self.rule.load_state_dict(state.get("rule", {}))
         self._skipped = torch.tensor(int(state["num_skipped"]), device=device)
         self.num_calls, self.num_meta_steps = int(state["num_calls"]), int(state["num_meta_steps"])
         self.stream.load_state_dict(state["stream"])
         self._history.load(state["history"], device)
+        self._at_bound = torch.ones_like(self._at_bound, device=device)
+        self._steps_since_bound_check = 0
         self.set_epoch(int(state["epoch"]))
-        self._publish_lrs()
+
+    def remove_hooks(self) -> None:
+        """Detach MetaLR from the optimizer: later steps use the param groups' own LRs."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
 
     # ------------------------------------------------------------------ the meta step
     def step(self) -> Tensor | None:
-        """Run the meta step for the gradients now in ``.grad`` and write the new LRs into the optimizer.
+        """Run the meta step for the gradients now in ``.grad`` and update the multipliers.
 
         Returns:
             the hypergradient ``h`` ([G], ``h_j = dL_val/dalpha_j``), or ``None`` when this call was skipped
             by ``interval`` or (for CPU tensors) because the meta loss or ``h`` was not finite. On CUDA the
-            finiteness check stays on the device (no sync): the LRs are left unchanged and the skip is
+            finiteness check stays on the device (no sync): the multipliers are left unchanged and the skip is
             counted in :attr:`num_skipped`, but ``h`` is returned.
         """
         self.num_calls += 1
@@ -285,36 +406,47 @@ class MetaLR:
                 except RuntimeError as err:  # the caller unscaled already (e.g. to clip gradients): fine
                     if "unscale_() has already been called" not in str(err):
                         raise
-            self._look_ahead()
-            meta_loss, grad_scale = self._meta_backward()
-            h = self._hypergradient()
+            base = self._base_lrs()
+            alpha = base * self._mult
+            u_norm = self._look_ahead(alpha)
+            rng = self._forked_rng() if self.preserve_rng else contextlib.nullcontext()
+            with rng:
+                meta_loss, grad_scale = self._meta_backward()
+            h, v_norm = self._hypergradient()
             if grad_scale is not None:
                 h = h / grad_scale
+                v_norm = v_norm / grad_scale if v_norm is not None else None
             h, meta_loss = self._all_reduce(h, meta_loss.detach().to(torch.float64))
             finite = torch.isfinite(h).all() & torch.isfinite(meta_loss)
-            self._update_lrs(h, finite)
+            norms = (v_norm, u_norm) if self.rule.needs_norms else None
+            self._update_multipliers(base, h, finite, norms)
             self.num_meta_steps += 1
-            self._history.append(self.num_calls, meta_loss, ~finite, self._lrs, h)
-            self._publish_lrs()
-        if self._lrs.device.type == "cpu" and not bool(finite):
+            self._history.append(self.num_calls, meta_loss, ~finite, base * self._mult, self._mult, h)
+        if self._mult.device.type == "cpu" and not bool(finite):
             return None
         return h
 
     @torch.no_grad()
-    def _look_ahead(self) -> None:
-        """``lookahead <- theta - alpha_j * u`` for every group, in the flat buffer."""
+    def _look_ahead(self, alpha: Tensor) -> Tensor | None:
+        """``lookahead <- theta - alpha_j * u`` for every group, in the flat buffer; returns ``|u_j|`` when the
+        rule needs it."""
         scratch = None
         if self.direction.needs_scratch:  # transient: freed before the meta forward allocates activations
             scratch = self._layout.views(torch.empty_like(self._lookahead), self.params)
         self.direction.write_(self._la_views, scratch)  # lookahead <- u
         del scratch
         rows = self._layout.rows(self._lookahead)
-        rows.mul_(self._layout.per_row(-self._lrs.to(rows.dtype)).unsqueeze(1))  # one kernel for all groups
+        u_norm = None
+        if self.rule.needs_norms:
+            u_norm = self._layout.segment_sums(rows.square()).sqrt()
+        rows.mul_(self._layout.per_row(-alpha.to(rows.dtype)).unsqueeze(1))  # one kernel for all groups
         torch._foreach_add_(self._la_views, self.params)
+        return u_norm
 
     @torch.no_grad()
-    def _hypergradient(self) -> Tensor:
-        """``h_j = -sum_{p in j} <v_p, u_p>`` (float64) from the meta gradients in the leaves' ``.grad``.
+    def _hypergradient(self) -> tuple[Tensor, Tensor | None]:
+        """``h_j = -sum_{p in j} <v_p, u_p>`` (float64) from the meta gradients in the leaves' ``.grad``, and
+        ``|v_j|`` when the rule needs it.
 
         The look-ahead buffer is overwritten with ``v * u`` and the meta gradients are released.
         """
@@ -323,19 +455,40 @@ class MetaLR:
             # a parameter the meta forward did not use has no gradient: v = 0
             v.append(leaf.grad if leaf.grad is not None else torch.zeros_like(leaf))
             leaf.grad = None
+        v_norm = None
+        if self.rule.needs_norms:
+            squares = torch.stack(torch._foreach_norm(v)).to(torch.float64).square()
+            v_norm = torch.zeros(len(self.group_names), dtype=torch.float64, device=squares.device)
+            v_norm = v_norm.index_add_(0, self._group_of_param, squares).sqrt()
         self.direction.product_(v, self._la_views)  # lookahead <- v * u (v is overwritten)
-        return -self._layout.segment_sums(self._lookahead)
+        return -self._layout.segment_sums(self._lookahead), v_norm
 
-    def _update_lrs(self, h: Tensor, finite: Tensor) -> None:
-        lo, hi = self.lr_bounds
-        if self.update == "multiplicative":
-            new = self._lrs * (1.0 - self.hyper_lr * h)
-        else:
-            new = self._lrs - self.hyper_lr * h
-        new = new.clamp(lo, hi)
-        keep = self._fixed | ~finite
-        self._lrs = torch.where(keep, self._lrs, new)
+    def _update_multipliers(self, base: Tensor, h: Tensor, finite: Tensor, norms: Any) -> None:
+        lo, hi = self.multiplier_bounds
+        active = ~self._fixed & finite
+        # a non-finite h must not reach the rule's state: zero it where inactive
+        safe_h = torch.where(active, h, torch.zeros_like(h))
+        new = self.rule.new_multipliers(self._mult, base, safe_h, active, norms).clamp(lo, hi)
+        self._mult = torch.where(active, new, self._mult)
         self._skipped += (~finite).long()
+        self._at_bound &= (self._mult <= lo) | (self._mult >= hi)
+        self._steps_since_bound_check += 1
+        if self._mult.device.type == "cpu" or not _takes_tensor_lr(self.optimizer):
+            if self._mult.device.type != "cpu" and not self._warned_sync:
+                warnings.warn(
+                    f"{type(self.optimizer).__name__} without fused=True or capturable=True takes float LRs: "
+                    "MetaLR copies its multipliers to the host once per meta step",
+                    stacklevel=3,
+                )
+                self._warned_sync = True
+            self._mult_host = self._mult.tolist()
+
+    def _forked_rng(self) -> contextlib.AbstractContextManager:
+        """Fork the CPU RNG and the parameters' device RNG (host-side generator state, no device sync)."""
+        device = self._device()
+        if device.type == "cpu":
+            return torch.random.fork_rng(devices=[])
+        return torch.random.fork_rng(devices=[device], device_type=device.type)
 
     def _meta_backward(self) -> tuple[Tensor, Tensor | None]:
         """Forward + backward of the next meta batch at theta_hat; v lands in the leaves' ``.grad``."""
@@ -374,13 +527,50 @@ class MetaLR:
 
     @staticmethod
     def _all_reduce(h: Tensor, meta_loss: Tensor) -> tuple[Tensor, Tensor]:
-        """Average h and the meta loss over ranks, so every rank holds identical LRs."""
+        """Average h and the meta loss over ranks, so every rank holds identical multipliers."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             packed = torch.cat([h, meta_loss.reshape(1)])
             dist.all_reduce(packed)
             packed /= dist.get_world_size()
             return packed[:-1], packed[-1]
         return h, meta_loss
+
+    # ------------------------------------------------------------------ the LRs the optimizer uses
+    def _base_lrs(self) -> Tensor:
+        """``s_j(t)``: the param groups' own LRs now (float64 on the multipliers' device). Python floats are
+        uploaded only when they change, without a blocking copy."""
+        values = [g["lr"] for g in self.optimizer.param_groups]
+        if len(values) != len(self.group_names):
+            raise ValueError(
+                f"the optimizer has {len(values)} param groups, MetaLR was built for {len(self.group_names)}"
+            )
+        device = self._mult.device
+        if any(isinstance(v, Tensor) for v in values):
+            return torch.stack([torch.as_tensor(v).to(device=device, dtype=torch.float64) for v in values])
+        key = tuple(float(v) for v in values)
+        if key != self._base_key or self._base_dev is None or self._base_dev.device != device:
+            self._base_dev = torch.tensor(key, dtype=torch.float64).to(device, non_blocking=True)
+            self._base_key = key
+        return self._base_dev
+
+    def _apply_multipliers(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Step pre-hook: the param groups hold ``s_j * m_j`` for the duration of ``optimizer.step()``."""
+        groups = optimizer.param_groups
+        self._saved_lrs = [g["lr"] for g in groups]
+        if self._mult.device.type != "cpu" and _takes_tensor_lr(optimizer):
+            used = (self._base_lrs() * self._mult).to(torch.float32)  # device tensors, no host sync
+            for j, group in enumerate(groups):
+                group["lr"] = used[j]
+            return
+        for group, base, m in zip(groups, self._saved_lrs, self._mult_host):
+            group["lr"] = base * m if m != 1.0 else base
+
+    def _restore_schedule(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Step post-hook: put the schedule's own LRs back, so a scheduler never sees the multipliers."""
+        if self._saved_lrs is not None:
+            for group, base in zip(optimizer.param_groups, self._saved_lrs):
+                group["lr"] = base
+            self._saved_lrs = None
 
     # ------------------------------------------------------------------ plumbing
     def _device(self) -> torch.device:
@@ -403,28 +593,12 @@ class MetaLR:
         # leaves share the buffer's memory: writing theta_hat into the buffer updates what the forward sees
         self._leaves = {n: view.detach().requires_grad_(True) for n, view in zip(self.param_names, self._la_views)}
         self._layout = self._layout.to(p0.device)
-        self._lrs = self._lrs.to(p0.device)
+        self._group_of_param = torch.tensor(self.direction.group_index, dtype=torch.long, device=p0.device)
+        self._mult = self._mult.to(p0.device)
+        self.rule.to(p0.device)
         self._skipped = self._skipped.to(p0.device)
         self._fixed = self._fixed.to(p0.device)
-
-    def _publish_lrs(self) -> None:
-        """Write the LRs into ``optimizer.param_groups`` (device tensors where the optimizer takes them)."""
-        if self._lrs.device.type != "cpu" and _takes_tensor_lr(self.optimizer):
-            if self._opt_lrs is None or self._opt_lrs.device != self._lrs.device:
-                self._opt_lrs = torch.empty(len(self.group_names), device=self._lrs.device, dtype=torch.float32)
-            self._opt_lrs.copy_(self._lrs)
-            for j, group in enumerate(self.optimizer.param_groups):
-                group["lr"] = self._opt_lrs[j]
-            return
-        if self._lrs.device.type != "cpu" and not getattr(self, "_warned_sync", False):
-            warnings.warn(
-                f"{type(self.optimizer).__name__} without fused=True or capturable=True takes float LRs: "
-                "MetaLR copies them to the host once per meta step",
-                stacklevel=3,
-            )
-            self._warned_sync = True
-        for group, lr in zip(self.optimizer.param_groups, self._lrs.tolist()):
-            group["lr"] = lr
+        self._at_bound = self._at_bound.to(p0.device)
 
 
 def _takes_tensor_lr(optimizer: torch.optim.Optimizer) -> bool:

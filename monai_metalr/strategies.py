@@ -525,7 +525,7 @@ class MetaLRStrategy(FineTuningStrategy):
 
     :meth:`param_groups` is :func:`monai_metalr.param_groups` (groups at ``lr``, head at ``head_lr``: the
     initial LRs); :meth:`handlers` adds a :class:`~monai_metalr.MetaLRHandler` built from ``meta_loader``
-    (a held-out split, required), ``output_dir`` and ``metalr_kwargs`` (``hyper_lr``, ``lr_bounds``,
+    (a held-out split, required), ``output_dir`` and ``metalr_kwargs`` (``hyper_lr``, ``multiplier_bounds``,
     ``interval``, ``update``, ``fixed_groups``, ``fixed_epochs``, ``seed``, ``log_dir``, ...).
     """
 

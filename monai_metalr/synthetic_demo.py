@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--n_train", type=int, default=192)
     parser.add_argument("--n_val", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hyper_lr", type=float, default=3e-4)
+    parser.add_argument("--hyper_lr", type=float, default=None, help="default: MetaLR's own (needs no tuning)")
     args = parser.parse_args(argv)
 
     from ignite.metrics import Accuracy
@@ -90,14 +90,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     xt, yt = make_shapes(args.n_train, seed=args.seed + 10)
     xv, yv = make_shapes(args.n_val, seed=args.seed + 20)
+    xm, ym = make_shapes(args.n_val, seed=args.seed + 30)  # MetaLR's own held-out set: model selection never sees it
     to_dicts = lambda x, y: [{"image": a, "label": b} for a, b in zip(x, y)]  # noqa: E731
     train_loader = DataLoader(to_dicts(xt, yt), batch_size=16, shuffle=True)
-    val_loader = DataLoader(to_dicts(xv, yv), batch_size=16, shuffle=True)
+    meta_loader = DataLoader(to_dicts(xm, ym), batch_size=16, shuffle=True)
     eval_loader = DataLoader(to_dicts(xv, yv), batch_size=32)
 
     optimizer = torch.optim.Adam(param_groups(net, 1e-3, head_lr=1e-2), weight_decay=1e-4)
     loss = nn.CrossEntropyLoss()
-    metalr = MetaLRHandler(val_loader, output_dir=out, hyper_lr=args.hyper_lr, lr_bounds=(1e-6, 1e-2))
+    metalr_kwargs = {} if args.hyper_lr is None else {"hyper_lr": args.hyper_lr}
+    metalr = MetaLRHandler(meta_loader, output_dir=out, **metalr_kwargs)
 
     def acc_transform(output):
         from monai.engines.utils import CommonKeys as Keys

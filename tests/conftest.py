@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -32,3 +34,23 @@ def make_batches(n: int, seed: int, dtype=torch.float64, batch: int = 6, size: i
 def net64() -> SmallNet:
     torch.manual_seed(0)
     return SmallNet().double()
+
+
+def reference_direction(net, opt, optim_cls, kw, lookahead: str = "optimizer") -> list[torch.Tensor]:
+    """u such that the optimizer's next step is theta - lr*u, from the optimizer itself: its step at lr=1 on
+    deep copies of the network and the optimizer state (``lookahead="sgd"``: the raw gradient)."""
+    from monai_metalr import param_groups
+
+    if lookahead == "sgd":
+        return [p.grad.detach().clone() for p in net.parameters()]
+    twin = copy.deepcopy(net)
+    twin_opt = optim_cls(param_groups(twin, 1.0), **kw)
+    state = copy.deepcopy(opt.state_dict())
+    for g in state["param_groups"]:
+        g["lr"] = 1.0
+    twin_opt.load_state_dict(state)
+    for p, q in zip(net.parameters(), twin.parameters()):
+        q.grad = p.grad.detach().clone()
+    before = [q.detach().clone() for q in twin.parameters()]
+    twin_opt.step()
+    return [b - q.detach() for b, q in zip(before, twin.parameters())]

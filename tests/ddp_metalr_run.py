@@ -40,7 +40,7 @@ def make_data() -> tuple[list[tuple[torch.Tensor, torch.Tensor]], TensorDataset]
 
 def train(model: nn.Module, batches, meta_loader, shard: slice | None = None) -> dict[str, torch.Tensor]:
     optimizer = torch.optim.Adam(param_groups(model, 1e-2, head_lr=3e-2))
-    meta = MetaLR(model, optimizer, meta_loader, LOSS, hyper_lr=5e-2, lr_bounds=(1e-4, 1e-1), seed=META_SEED)
+    meta = MetaLR(model, optimizer, meta_loader, LOSS, hyper_lr=5e-2, seed=META_SEED)
     for x, y in batches:
         if shard is not None:
             x, y = x[shard], y[shard]

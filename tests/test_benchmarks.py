@@ -31,7 +31,7 @@ def test_authors_style_hypergradient_equals_first_order_sgd_lookahead(net64):
     h_authors = authors.hypergradient(x, y)
 
     twin_opt = torch.optim.SGD(param_groups(twin, 1e-2, head_lr=5e-2), lr=1e-2)
-    meta = MetaLR(twin, twin_opt, held_out, LOSS, hyper_lr=0.0, lookahead="sgd", lr_bounds=(1e-8, 1.0))
+    meta = MetaLR(twin, twin_opt, held_out, LOSS, hyper_lr=0.0, lookahead="sgd")
     LOSS(twin(x), y).backward()
     h_ours = meta.step()
     torch.testing.assert_close(h_authors.double(), h_ours, rtol=1e-9, atol=1e-14)

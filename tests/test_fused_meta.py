@@ -91,12 +91,12 @@ def _vector_work_ops(depth: int, num_groups: int, optimizer: str) -> list[str]:
     LOSS(net(data[0][0]), data[0][1]).backward()
     counter = CountKernels()
     with counter:
-        meta._look_ahead()
+        meta._look_ahead(meta._base_lrs() * meta.multipliers)
     for leaf in meta._leaves.values():
         leaf.grad = torch.randn_like(leaf)
     with counter:
-        h = meta._hypergradient()
-        meta._update_lrs(h, torch.isfinite(h).all())
+        h, _ = meta._hypergradient()
+        meta._update_multipliers(meta._base_lrs(), h, torch.isfinite(h).all(), None)
     return counter.ops
 
 
@@ -152,13 +152,17 @@ def test_cuda_meta_step_makes_no_host_sync(optimizer):
         LOSS(net(x), y).backward()
         meta.step()
         opt.step()
-    for x, y in train[2:]:
+    for k, (x, y) in enumerate(train[2:]):
+        for group in opt.param_groups:  # a scheduler's new float LR: uploaded without a blocking copy
+            group["lr"] = group["lr"] * 0.5 if not torch.is_tensor(group["lr"]) else group["lr"]
         opt.zero_grad()
         LOSS(net(x), y).backward()
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
             h = meta.step()
+            meta._apply_multipliers(opt, (), {})  # the step pre-/post-hooks around optimizer.step()
+            meta._restore_schedule(opt, (), {})
         finally:
             torch.cuda.set_sync_debug_mode("default")
         opt.step()

@@ -41,7 +41,7 @@ def _trainer(net, opt, train, handlers, epochs=2, **kw):
 
 def test_handler_matches_plain_loop():
     train = make_batches(5, seed=1)
-    kwargs = {"hyper_lr": 1e-3, "seed": 3, "lr_bounds": (1e-5, 1e-1)}
+    kwargs = {"hyper_lr": 1e-3, "seed": 3, "multiplier_bounds": (0.05, 20.0)}
 
     torch.manual_seed(0)
     net_a = SmallNet().double()

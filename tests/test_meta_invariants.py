@@ -154,8 +154,7 @@ def test_fixed_groups_held_for_first_epochs(net64):
     [
         ({"update": "exponential"}, "unknown update"),
         ({"lookahead": "newton"}, "unknown lookahead"),
-        ({"lr_bounds": (1e-2, 1e-6)}, "lr_bounds"),
-        ({"lr_bounds": (1e-6, 1e-4)}, "outside lr_bounds"),
+        ({"multiplier_bounds": (1e-2, 1e-6)}, "multiplier_bounds"),
         ({"fixed_groups": ["decoder"]}, "not layer groups"),
         ({"interval": 0}, "interval"),
     ],

@@ -1,4 +1,5 @@
-"""Resume: save model + optimizer + MetaLR with Ignite Checkpoint, load in a fresh process, go on: identical."""
+"""Resume: save model + optimizer + LR scheduler + MetaLR with Ignite Checkpoint, load in a fresh process, go on:
+identical (the schedule and the learned multipliers both continue)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ WORKER = textwrap.dedent(
     from ignite.handlers import Checkpoint, DiskSaver
     from ignite.engine import Events
     from monai.engines import SupervisedTrainer
+    from monai.handlers import LrScheduleHandler
     from torch import nn
     from torch.utils.data import DataLoader
     sys.path.insert(0, sys.argv[3])
     from conftest import SmallNet, make_batches
     from monai_metalr import MetaLRHandler, param_groups
+    from monai_metalr.schedules import make_lr_scheduler
 
     mode, out = sys.argv[1], Path(sys.argv[2])
     torch.manual_seed(0)
@@ -29,10 +32,12 @@ WORKER = textwrap.dedent(
     train = [{"image": x, "label": y} for x, y in make_batches(3, seed=1)]
     meta_items = [{"image": x[i], "label": y[i]} for x, y in make_batches(5, seed=2, batch=2) for i in range(2)]
     meta_loader = DataLoader(meta_items, batch_size=3, shuffle=True)  # 4 batches: position matters
-    handler = MetaLRHandler(meta_loader, hyper_lr=1e-3, seed=11)
+    scheduler = make_lr_scheduler(opt, "cosine", epochs=4, steps_per_epoch=3, warmup_epochs=1)
+    handler = MetaLRHandler(meta_loader, hyper_lr=0.05, seed=11)
     trainer = SupervisedTrainer(device="cpu", max_epochs=4, train_data_loader=train, network=net, optimizer=opt,
-                                loss_function=nn.CrossEntropyLoss(), train_handlers=[handler])
-    to_save = {"model": net, "optimizer": opt, "metalr": handler, "trainer": trainer}
+                                loss_function=nn.CrossEntropyLoss(),
+                                train_handlers=[handler, LrScheduleHandler(scheduler, epoch_level=False, print_lr=False)])
+    to_save = {"model": net, "optimizer": opt, "lr_scheduler": scheduler, "metalr": handler, "trainer": trainer}
     if mode == "first":
         saver = Checkpoint(to_save, DiskSaver(str(out / "ckpt"), require_empty=False), n_saved=1)
         trainer.add_event_handler(Events.EPOCH_COMPLETED(once=2), saver)
@@ -41,7 +46,7 @@ WORKER = textwrap.dedent(
         ckpt = torch.load(next((out / "ckpt").glob("*.pt")), weights_only=False)
         Checkpoint.load_objects(to_load=to_save, checkpoint=ckpt)
     trainer.run()
-    torch.save({"lr": handler.meta.history["lr"], "weights": [p.detach() for p in net.parameters()],
+    torch.save({"lr": handler.meta.history["lr"], "multiplier": handler.meta.history["multiplier"], "weights": [p.detach() for p in net.parameters()],
                 "stream": handler.meta.stream.state_dict()}, out / f"{mode}.pt")
     '''
 )
@@ -60,7 +65,9 @@ def test_resume_in_fresh_process_is_exact(tmp_path):
     first = _run("first", tmp_path)
     resumed = _run("resume", tmp_path)
     assert len(first["lr"]) == 6 and len(full["lr"]) == len(resumed["lr"]) == 12
-    assert torch.equal(full["lr"], resumed["lr"])
+    assert torch.equal(full["lr"], resumed["lr"]) and torch.equal(full["multiplier"], resumed["multiplier"])
+    assert len(set(full["lr"][:, 0].tolist())) == 12  # warm-up + cosine times a moving multiplier
+    assert (full["multiplier"][-1] - 1).abs().max() > 1e-3
     for a, b in zip(full["weights"], resumed["weights"]):
         assert torch.equal(a, b)
     assert full["stream"] == resumed["stream"]

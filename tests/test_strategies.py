@@ -363,9 +363,9 @@ def test_metalr_strategy_is_param_groups_plus_the_handler(tmp_path):
     with pytest.raises(ValueError, match="needs meta_loader"):
         strategy.handlers()
     meta = DataLoader([{"image": torch.randn(1, 16, 16), "label": torch.tensor(i % 3)} for i in range(8)], batch_size=4)
-    handlers = strategy.handlers(meta_loader=meta, output_dir=tmp_path, hyper_lr=1e-3, lr_bounds=(1e-5, 1e-1), seed=0)
+    handlers = strategy.handlers(meta_loader=meta, output_dir=tmp_path, hyper_lr=1e-3, multiplier_bounds=(0.1, 10.0), seed=0)
     assert [type(h) for h in handlers] == [StrategyHandler, MetaLRHandler]
-    assert handlers[1].metalr_kwargs == {"hyper_lr": 1e-3, "lr_bounds": (1e-5, 1e-1), "seed": 0}
+    assert handlers[1].metalr_kwargs == {"hyper_lr": 1e-3, "multiplier_bounds": (0.1, 10.0), "seed": 0}
     opt = torch.optim.Adam(ours)
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
@@ -378,7 +378,8 @@ def test_metalr_strategy_is_param_groups_plus_the_handler(tmp_path):
     )
     trainer.run()
     assert handlers[1].meta.num_meta_steps == 2
-    assert [g["lr"] for g in opt.param_groups] != [1e-3, 1e-3, 1e-3, 1e-2]
+    assert handlers[1].meta.lrs.tolist() != [1e-3, 1e-3, 1e-3, 1e-2]  # learned ...
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3, 1e-3, 1e-2]  # ... on top of the groups' own LRs
     assert (tmp_path / "metalr_lr.csv").is_file()
     # the other strategies take the same handler call and ignore the MetaLR arguments
     other = make_strategy("all_layers", TinyNet(), lr=1e-3).handlers(meta_loader=meta, output_dir=tmp_path, hyper_lr=1)
