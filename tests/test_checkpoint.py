@@ -187,7 +187,7 @@ def test_bundle_killed_mid_epoch_resumes_with_the_same_state(tmp_path):
     assert meta["history"]["step"].tolist() == list(range(1, total + 1))
     assert torch.equal(meta["history"]["lr"][:killed_at], at_kill["metalr"]["history"]["lr"])
     # the meta loader continued from its saved position: one held-out batch per meta step in all
-    per_meta_epoch = math.ceil(len(json.loads((out / "split.json").read_text())["val"]) / 4)
+    per_meta_epoch = math.ceil(len(json.loads((out / "split.json").read_text())["meta"]) / 4)
     for stream, steps in ((at_kill["metalr"]["stream"], killed_at), (meta["stream"], total)):
         assert stream["epoch"] * per_meta_epoch + stream["position"] == steps
     # Adam's step counter saw every optimizer step, across the kill

@@ -71,7 +71,7 @@ def make_busi(root: Path) -> Path:
 def make_pocus(root: Path) -> Path:
     data = root / "covid19_ultrasound" / "data"
     for c, prefix in enumerate(["Cov", "Pneu", "Reg"]):
-        for k in range(3):
+        for k in range(4):  # 4 groups per class: test, val, meta and train get one each
             seed = 10 * c + k
             if k == 0:
                 _mp4(data / "pocus_videos" / "convex" / f"{prefix}-clip{k}.mp4", seed)
@@ -120,10 +120,35 @@ def test_train_leaves_checkpoint_split_and_lr_curves(trained):
     # the head is held fixed for the first epochs (paper setting): its LR has not moved
     assert torch.all(history["lr"][:, -1] == history["lr"][0, -1])
     split = json.loads((out / "split.json").read_text())
-    # whole videos (POCUS: "<probe>/<file>#<frame>") and patients stay in one part
-    sources = {part: {case.split("#")[0] for case in split[part]} for part in ("train", "val", "test")}
-    assert not sources["train"] & sources["val"] and not sources["val"] & sources["test"]
-    assert not sources["train"] & sources["test"]
+    # whole videos (POCUS: "<probe>/<file>#<frame>") and patients stay in one part; four disjoint parts
+    parts = ("train", "val", "meta", "test")
+    sources = {part: {case.split("#")[0] for case in split[part]} for part in parts}
+    assert all(sources.values()) and split["meta_fraction"] > 0
+    assert all(not sources[a] & sources[b] for k, a in enumerate(parts) for b in parts[k + 1 :]), sources
+
+
+def test_meta_loader_reads_the_meta_split_and_validation_the_val_split(trained):
+    """What the run used (its split.json, parsed as `monai.bundle run` parses it): MetaLR's meta batches never
+    come from the validation cases that choose the best model; the multi-GPU sampler shards the same meta set."""
+    from monai.bundle import ConfigParser
+
+    bundle, data, out = trained
+    split = json.loads((out / "split.json").read_text())
+    assert split["meta"] and not set(split["meta"]) & set(split["val"])
+    configs = BUNDLES / bundle / "configs"
+    for overlay in ([], ["multi_gpu_train.json"]):
+        parser = ConfigParser()
+        parser.read_config([str(configs / c) for c in ["train.json", *overlay]])
+        parser.update({"bundle_root": str(BUNDLES / bundle), "dataset_dir": str(data), "output_dir": str(out), **TINY})
+        if overlay:  # a DistributedSampler outside torchrun
+            parser.update({f"{part}#sampler#{key}": value for part in ("meta", "validate")
+                           for key, value in (("num_replicas", 2), ("rank", 0))})
+        loader = parser.get_parsed_content("meta#dataloader")
+        assert loader.dataset is parser.get_parsed_content("meta#dataset")
+        assert [i["case_id"] for i in loader.dataset.data] == split["meta"]
+        assert [i["case_id"] for i in parser.get_parsed_content("validate#dataloader").dataset.data] == split["val"]
+        if overlay:
+            assert loader.sampler.dataset is loader.dataset
 
 
 def test_evaluate_writes_metrics_and_confusion_matrix(trained, tmp_path):
@@ -219,7 +244,8 @@ def test_same_seed_gives_bit_identical_lrs_and_weights(trained, tmp_path):
 
 
 def test_pocus_paper_protocol_tests_on_the_chosen_pickle_fold(tmp_path):
-    """`--pickle_path` + `--fold k`: the authors' 5-fold pickle, fold k held out as test, val carved from the rest."""
+    """`--pickle_path` + `--fold k`: the authors' 5-fold pickle, fold k held out as test, folds k+1 and k+2 (mod 5)
+    as val and meta, training on the other two."""
     import pickle
 
     from monai.bundle import ConfigParser
@@ -236,7 +262,8 @@ def test_pocus_paper_protocol_tests_on_the_chosen_pickle_fold(tmp_path):
     split = parser.get_parsed_content("split")
     assert {item["fold"] for item in split["test"]} == {2} and len(split["test"]) == 6
     assert {item["fold"] for item in split["val"]} == {3}  # a whole fold: frames of one video never straddle
-    assert {item["fold"] for item in split["train"]} == {0, 1, 4}
+    assert {item["fold"] for item in split["meta"]} == {4}  # MetaLR's meta batches: another whole fold
+    assert {item["fold"] for item in split["train"]} == {0, 1}
 
 
 @pytest.mark.parametrize("strategy", ["last_layer", "all_layers", "layer_decay", "bidirectional", "l2sp", "lpft",

@@ -55,7 +55,9 @@ def lits_run(lits_dir, tmp_path_factory) -> tuple[Path, Path]:
     """One MetaLR training run, launched from an unrelated working directory."""
     out = tmp_path_factory.mktemp("lits_out")
     cwd = tmp_path_factory.mktemp("elsewhere")
-    bundle_cli(BUNDLE, "run", ["train.json"], cwd, dataset_dir=lits_dir, output_dir=out, **TINY)
+    # with the optional warm-up + cosine schedule: MetaLR's multipliers apply on top of it
+    bundle_cli(BUNDLE, "run", ["train.json"], cwd, dataset_dir=lits_dir, output_dir=out, lr_schedule="cosine",
+               warmup_epochs=0.5, **TINY)
     return lits_dir, out
 
 
@@ -64,13 +66,19 @@ def test_train_writes_checkpoints_split_and_lr_curves(lits_run):
     for name in ("model.pt", "checkpoint_final.pt", "split.json", "metalr_lr.csv", "metalr_lr.png"):
         assert (out / name).is_file(), name
     split = json.loads((out / "split.json").read_text())
-    assert sorted(split["train"] + split["val"] + split["test"]) == ["0", "1", "2", "3", "4"]
+    parts = [split[k] for k in ("train", "val", "meta", "test")]
+    assert sorted(sum(parts, [])) == ["0", "1", "2", "3", "4"] and all(parts)  # four disjoint parts
+    assert (len(split["train"]), split["meta_fraction"]) == (2, 0.1)
     history, groups = read_lr_csv(out / "metalr_lr.csv")
     assert groups == ["Down-1", "Down-2", "Down-3", "Down-4", "Up-1", "Up-2", "Up-3", "Out"]
     assert len(history["step"]) == 2  # one meta step per iteration
+    # the LR used = schedule x multiplier: step 1 is the first warm-up step (half the LR), step 2 the cosine's peak
+    schedule = history["lr"] / history["multiplier"]
+    torch.testing.assert_close(schedule, torch.tensor([[0.5e-4] * 8, [1e-4] * 8], dtype=torch.float64), rtol=1e-9,
+                               atol=0)
     final = torch.load(out / "checkpoint_final.pt", weights_only=True)
-    assert {"model", "optimizer", "trainer", "metalr"} <= set(final)
-    assert list(final["metalr"]["lrs"].shape) == [8]
+    assert {"model", "optimizer", "lr_scheduler", "trainer", "metalr"} <= set(final)
+    assert list(final["metalr"]["multipliers"].shape) == [8]
 
 
 def test_evaluate_on_the_test_split_only(lits_run):
@@ -192,7 +200,7 @@ def test_empty_dataset_dir_is_a_clear_error(tmp_path):
 
 def test_label_value_outside_the_task_names_the_file(tmp_path):
     data = tmp_path / "data"
-    for i in range(3):
+    for i in range(4):  # train, val, meta, test
         write_case(data / f"volume-{i}.nii.gz", data / f"segmentation-{i}.nii.gz", seed=i)
     bad = nib.load(str(data / "segmentation-1.nii.gz"))
     labels = np.asarray(bad.dataobj).copy()
@@ -228,7 +236,7 @@ def _parsed(*configs: str, **overrides):
     return parser
 
 
-def test_metalr_switch_meta_batches_from_the_validation_cache_and_amp_follows_the_device(lits_dir, tmp_path):
+def test_metalr_switch_and_amp_follows_the_device(lits_dir, tmp_path):
     from monai_metalr import MetaLRHandler
 
     plain = _parsed("train.json", dataset_dir=str(lits_dir), output_dir=str(tmp_path), use_metalr=False,
@@ -237,8 +245,40 @@ def test_metalr_switch_meta_batches_from_the_validation_cache_and_amp_follows_th
     assert plain.get_parsed_content("amp") is False
     parser = _parsed("train.json", dataset_dir=str(lits_dir), output_dir=str(tmp_path / "m"))
     assert sum(isinstance(h, MetaLRHandler) for h in parser.get_parsed_content("train#handlers")) == 1
-    # meta patches are cut from the cached validation cases: the validation split is loaded once
-    assert parser.get_parsed_content("meta#dataset").data is parser.get_parsed_content("validate#dataset")
+
+
+def _case_ids(dataset) -> list[str]:
+    return [item["case_id"] for item in dataset.data]
+
+
+def test_meta_batches_come_from_the_meta_split_never_from_validation(lits_run):
+    """The run's split.json: MetaLR's meta loader reads the meta cases, the best model is chosen on the val cases,
+    and the two are disjoint; the meta crops are their own transform instances (not the training crop's RNG)."""
+    from monai.transforms import Randomizable
+
+    lits_dir, out = lits_run
+    split = json.loads((out / "split.json").read_text())
+    assert split["meta"] and split["val"] and not set(split["meta"]) & set(split["val"])
+    parser = _parsed("train.json", dataset_dir=str(lits_dir), output_dir=str(out), cache="none")
+    meta = parser.get_parsed_content("meta#dataloader").dataset
+    assert meta is parser.get_parsed_content("meta#dataset")
+    assert _case_ids(meta.data) == split["meta"]  # patches cut from the (cached) meta volumes
+    assert _case_ids(parser.get_parsed_content("validate#dataloader").dataset) == split["val"]
+    assert _case_ids(parser.get_parsed_content("train#dataset")) == split["train"]
+    # two `@` references to one config list are one object; `%patch_transforms` is a copy with its own instances
+    assert parser.get_parsed_content("train#preprocessing").transforms[len(parser["load_transforms"])] is (
+        parser.get_parsed_content("patch_transforms")[0])
+    train_random = {id(t) for t in parser.get_parsed_content("train#preprocessing").transforms
+                    if isinstance(t, Randomizable)}
+    meta_random = [t for t in parser.get_parsed_content("meta#preprocessing").transforms if isinstance(t, Randomizable)]
+    assert [type(t).__name__ for t in meta_random] == ["RandCropByPosNegLabeld"]
+    assert not train_random & {id(t) for t in meta_random}
+    # multi-GPU: the meta sampler shards the meta dataset
+    ddp = _parsed("train.json", "multi_gpu_train.json", dataset_dir=str(lits_dir), output_dir=str(out), cache="none")
+    ddp.update({"meta#sampler#num_replicas": 2, "meta#sampler#rank": 0})
+    sampler = ddp.get_parsed_content("meta#dataloader").sampler
+    assert sampler.dataset is ddp.get_parsed_content("meta#dataset")
+    assert _case_ids(sampler.dataset.data) == split["meta"]
 
 
 @pytest.mark.parametrize("workflow_type, configs", [("train", ["train.json"]), ("infer", ["train.json", "inference.json"])])

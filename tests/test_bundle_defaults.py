@@ -1,0 +1,35 @@
+"""One MetaLR default serves every bundle: the four train.json files use the library's default rule, hyper-LR
+and multiplier bounds (no per-bundle tuning), start every group strictly inside the bounds, and step a base
+LR schedule that MetaLR composes with."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from monai_metalr.meta import DEFAULT_HYPER_LR, DEFAULT_MULTIPLIER_BOUNDS, MetaLR
+
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+NAMES = ["busi_classification", "chestxray_classification", "lits_liver_segmentation", "pocus_classification"]
+
+
+@pytest.mark.parametrize("bundle", NAMES)
+def test_bundle_uses_the_library_defaults(bundle):
+    import inspect
+
+    config = json.loads((BUNDLES / bundle / "configs" / "train.json").read_text())
+    defaults = inspect.signature(MetaLR).parameters
+    assert config["metalr_update"] == defaults["update"].default == "log_adam"
+    assert config["hyper_lr"] == DEFAULT_HYPER_LR == defaults["hyper_lr"].default
+    assert tuple(config["multiplier_bounds"]) == DEFAULT_MULTIPLIER_BOUNDS
+    lo, hi = config["multiplier_bounds"]
+    assert lo < 1.0 < hi  # every multiplier starts at 1: strictly inside
+    handlers = config["train"]["handlers"]
+    metalr = next(h for h in handlers if h.get("_target_") == "monai_metalr.MetaLRHandler")
+    assert metalr["hyper_lr"] == "@hyper_lr" and metalr["multiplier_bounds"] == "@multiplier_bounds"
+    assert "lr_bounds" not in json.dumps(config)
+    schedule = next(h for h in handlers if h.get("_target_") == "LrScheduleHandler")
+    assert schedule["lr_scheduler"] == "@lr_scheduler" and schedule["epoch_level"] is False
+    assert config["lr_schedule"] == "constant" and "lr_scheduler=@lr_scheduler" in config["train"]["checkpoint"]["save_dict"]
