@@ -18,7 +18,7 @@ folder keeps its best model, MetaLR's ``metalr_lr.csv``/``.png`` and the test pr
 
     python studies/liver_ct_tiles.py --out study_output/tiles                        # 7 strategies x 5 seeds
     python studies/liver_ct_tiles.py --out study_output/tiles --fractions 0.1 0.25 0.5 --seeds 0 1 2
-    python studies/liver_ct_tiles.py --out study_output/tiles --strategies metalr --hyper_lr 1e-3 --variant @1e-3
+    python studies/liver_ct_tiles.py --out study_output/tiles --strategies metalr --hyper_lr 0.1 --variant @0.1
     python studies/liver_ct_tiles.py --out study_output/tiles --strategies metalr --hyper_lr 0 --variant @0 \
         --seeds 0 1 2                          # control: MetaLR's meta step with LRs that cannot move
     python studies/liver_ct_tiles.py --out study_output/tiles --strategies all_layers --variant +head \
@@ -47,6 +47,7 @@ from monai_metalr.checkpoint import BestModelSaver
 from monai_metalr.classification import classification_metrics, f1_scores
 from monai_metalr.data.demo_ct import find_demo_ct, read_mrc
 from monai_metalr.io import atomic_path
+from monai_metalr.meta import DEFAULT_HYPER_LR
 from monai_metalr.networks import get_classifier
 from monai_metalr.strategies import STRATEGIES, make_strategy
 
@@ -252,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--head_lr", type=float, default=1e-2)
-    parser.add_argument("--hyper_lr", type=float, default=1e-4)
+    parser.add_argument("--hyper_lr", type=float, default=DEFAULT_HYPER_LR, help="MetaLR's (default: the library's)")
     parser.add_argument("--train_per_class", type=int, default=40)
     parser.add_argument("--val_per_class", type=int, default=40)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 $PY studies/liver_ct_tiles.py --out "$OUT/tiles" --threads 1
 $PY studies/liver_ct_tiles.py --out "$OUT/tiles" --threads 1 --fractions 0.1 0.25 0.5 --seeds 0 1 2
 # MetaLR with a 10x larger hyper-LR (the LRs move more)
-$PY studies/liver_ct_tiles.py --out "$OUT/tiles" --threads 1 --strategies metalr --hyper_lr 1e-3 --variant @1e-3
+$PY studies/liver_ct_tiles.py --out "$OUT/tiles" --threads 1 --strategies metalr --hyper_lr 0.1 --variant @0.1
 # controls: MetaLR whose LRs cannot move, and one LR with the head at head_lr (where MetaLR starts)
 $PY studies/liver_ct_tiles.py --out "$OUT/tiles" --threads 1 --strategies metalr --hyper_lr 0 --variant @0 --seeds 0 1 2
 $PY studies/liver_ct_tiles.py --out "$OUT/tiles" --threads 1 --strategies all_layers --variant +head \
