@@ -30,7 +30,7 @@ class MetaLRHandler:
 
     At ``IterationEvents.BACKWARD_COMPLETED`` (after the trainer's backward, before its optimizer step) it
     runs :meth:`MetaLR.step` with the engine's network, optimizer, loss function, ``prepare_batch`` and
-    device, and writes the new LRs into the optimizer. It honours the trainer's ``amp`` (GradScaler
+    device, which updates the per-group multipliers the optimizer's next step uses. It honours the trainer's ``amp`` (GradScaler
     ``unscale_``, meta forward under autocast, inf/NaN steps skipped), ``accumulation_steps`` (meta step
     only on the micro-batch that steps), ``optim_set_to_none`` and ``compile``.
 
@@ -182,9 +182,14 @@ class MetaLRHandler:
         if self.epoch_level_files:
             self.write_outputs()
         meta = self.meta
-        pinned = meta.groups_at_bound()  # type: ignore[union-attr]  (warns, naming them)
+        pinned = meta.groups_at_bound(warn=False)  # type: ignore[union-attr]
         if pinned:
-            self.logger.warning(f"Epoch {engine.state.epoch}: MetaLR groups pinned at a multiplier bound: {pinned}")
+            lo, hi = meta.multiplier_bounds  # type: ignore[union-attr]
+            self.logger.warning(
+                f"Epoch {engine.state.epoch}: MetaLR multipliers of {pinned} sat at a bound of {(lo, hi)} at every "
+                "meta step: their LRs are set by the bound, not learned (widen multiplier_bounds or change their "
+                "initial LRs)"
+            )
         summary = ", ".join(
             f"{g}={lr:.3g} (x{m:.3g})"
             for g, lr, m in zip(meta.group_names, meta.lrs.tolist(), meta.multipliers.tolist())  # type: ignore

@@ -4,11 +4,12 @@ MetaLR learns one multiplier ``m_j`` per layer group on top of the LR ``s_j(t)``
 group holds (a constant, or whatever an LR scheduler sets), so group j steps with ``alpha_j = s_j * m_j``.
 Each rule maps ``(m, s, h)`` to the new ``m``, with ``h_j = dL_val/dalpha_j``:
 
-- ``log_adam`` (default): an Adam step on ``log m_j`` with the gradient ``dL_val/dlog m_j = alpha_j h_j``,
-  per group: momentum over the root mean square of the group's own hypergradient history. Multiplying a
-  group's hypergradients by any constant (loss scale, gradient scale, parameter count) leaves its trajectory
-  unchanged, and ``hyper_lr`` is the relative LR change per meta step of a group whose hypergradient keeps
-  one sign; a hypergradient that flips sign at random averages out in the momentum instead of compounding.
+- ``log_adam`` (default): an Adam step on ``log m_j`` driven by the group's hypergradient: its momentum over the
+  root mean square of the group's own hypergradient history, clipped to [-1, 1]. Multiplying a group's
+  hypergradients by any constant (loss scale, gradient scale, parameter count) leaves its trajectory
+  unchanged, ``hyper_lr`` bounds the relative LR change per meta step (reached while a group's hypergradient
+  keeps one sign), and a hypergradient that flips sign at random averages out in the momentum instead of
+  compounding.
 - ``multiplicative``: ``alpha (1 - eta h)``, the MetaLR authors' code.
 - ``additive``: ``alpha - eta h``, the MetaLR paper's text.
 - ``cosine``: ``alpha (1 - eta h / (|v_j| |u_j|))``, the normalised multiplicative rule of hypergradient
@@ -27,7 +28,16 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-__all__ = ["HYPER_UPDATES", "HyperUpdate", "LogAdam", "make_hyper_update"]
+__all__ = [
+    "HYPER_UPDATES",
+    "Additive",
+    "Cosine",
+    "HyperUpdate",
+    "LogAdam",
+    "Multiplicative",
+    "Sign",
+    "make_hyper_update",
+]
 
 
 class HyperUpdate:
@@ -49,7 +59,8 @@ class HyperUpdate:
     def new_multipliers(
         self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: tuple[Tensor, Tensor] | None = None
     ) -> Tensor:
-        """The updated multipliers (before clamping); groups where ``active`` is False keep ``m``.
+        """The updated multipliers (before clamping); groups where ``active`` is False keep ``m``. A rule with
+        state (``log_adam``) advances it for the active groups.
 
         Args:
             m: current multipliers ``[G]`` (float64).
@@ -77,7 +88,9 @@ class Multiplicative(HyperUpdate):
 
     name = "multiplicative"
 
-    def new_multipliers(self, m, s, h, active, norms=None):
+    def new_multipliers(
+        self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         return torch.where(active, m * (1.0 - self.hyper_lr * h), m)
 
 
@@ -86,7 +99,9 @@ class Additive(HyperUpdate):
 
     name = "additive"
 
-    def new_multipliers(self, m, s, h, active, norms=None):
+    def new_multipliers(
+        self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         live = active & (s > 0)
         return torch.where(live, m - self.hyper_lr * h / torch.where(live, s, 1.0), m)
 
@@ -97,7 +112,9 @@ class Cosine(HyperUpdate):
     name = "cosine"
     needs_norms = True
 
-    def new_multipliers(self, m, s, h, active, norms=None):
+    def new_multipliers(
+        self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         if norms is None:
             raise ValueError("the cosine rule needs the group norms |v_j| and |u_j|")
         denominator = norms[0] * norms[1]
@@ -111,21 +128,26 @@ class Sign(HyperUpdate):
 
     name = "sign"
 
-    def new_multipliers(self, m, s, h, active, norms=None):
+    def new_multipliers(
+        self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         return torch.where(active, m * torch.exp(-self.hyper_lr * torch.sign(h)), m)
 
 
 class LogAdam(HyperUpdate):
-    """Adam on ``log m_j``, one scalar Adam per group (Kingma & Ba 2015, without epsilon).
+    """Adam on ``log m_j``, one scalar Adam per group (Kingma & Ba 2015, without epsilon), step clipped to eta.
 
-    The gradient is ``g_j = dL_val/dlog m_j = s_j m_j h_j``. With bias-corrected moments ``mhat_j`` and
-    ``vhat_j`` of the group's own ``g_j`` history, ``log m_j <- log m_j - eta * mhat_j / sqrt(vhat_j)``. The
-    ratio is invariant to any positive rescaling of ``g_j``, exactly, since there is no epsilon (a group with
-    ``g_j = 0``, e.g. frozen or at a zero scheduled LR, is simply not stepped). ``|mhat / sqrt(vhat)| <= 1``,
-    and it is near 1 only when the recent hypergradients agree in sign and size.
+    ``dL_val/dlog m_j = alpha_j h_j`` has the sign of ``h_j``; Adam is fed ``h_j`` itself, so a schedule that
+    rescales ``alpha`` over time (a warm-up, a decay) does not rescale the steps. With bias-corrected moments
+    ``mhat_j`` and ``vhat_j`` of the group's own ``h_j`` history,
+    ``log m_j <- log m_j - eta * clip(mhat_j / sqrt(vhat_j), -1, 1)``. The ratio is invariant to any positive
+    rescaling of ``h_j``, exactly, since there is no epsilon; a group with ``h_j = 0`` (frozen, or unused by the
+    meta forward) is not stepped and its moments are not diluted. Unclipped, the ratio is near 1 when the
+    recent hypergradients agree in sign and size, and can exceed 1 (up to ``(1 - b1) / sqrt(1 - b2)``) after a
+    sudden rise of ``|h|``; the clip makes ``eta`` a hard bound on the change of ``log m_j`` per meta step.
 
     Args:
-        hyper_lr: eta, the relative LR change per meta step under a consistent hypergradient.
+        hyper_lr: eta, the largest change of ``log m_j`` per meta step.
         num_groups: number of layer groups.
         betas: decay rates of the first and second moments.
     """
@@ -142,37 +164,40 @@ class LogAdam(HyperUpdate):
         self.exp_avg_sq = torch.zeros(self.num_groups, dtype=torch.float64)
         self.count = torch.zeros(self.num_groups, dtype=torch.float64)
 
-    def new_multipliers(self, m, s, h, active, norms=None):
+    def new_multipliers(
+        self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         b1, b2 = self.betas
-        g = s * m * h
-        live = active & (g != 0)
-        self.exp_avg = torch.where(live, b1 * self.exp_avg + (1.0 - b1) * g, self.exp_avg)
-        self.exp_avg_sq = torch.where(live, b2 * self.exp_avg_sq + (1.0 - b2) * g * g, self.exp_avg_sq)
+        live = active & (h != 0)
+        self.exp_avg = torch.where(live, b1 * self.exp_avg + (1.0 - b1) * h, self.exp_avg)
+        self.exp_avg_sq = torch.where(live, b2 * self.exp_avg_sq + (1.0 - b2) * h * h, self.exp_avg_sq)
         self.count = self.count + live.to(self.count.dtype)
         n = self.count.clamp(min=1.0)
         mhat = self.exp_avg / (1.0 - b1**n)
         vhat = self.exp_avg_sq / (1.0 - b2**n)
-        ratio = mhat / torch.where(vhat > 0, vhat, 1.0).sqrt()
+        ratio = (mhat / torch.where(vhat > 0, vhat, 1.0).sqrt()).clamp(-1.0, 1.0)
         step = torch.where(live & (vhat > 0), ratio, torch.zeros_like(ratio))
         return m * torch.exp(-self.hyper_lr * step)
 
-    def to(self, device):
+    def to(self, device: torch.device) -> LogAdam:
         self.exp_avg, self.exp_avg_sq, self.count = (t.to(device) for t in (self.exp_avg, self.exp_avg_sq, self.count))
         return self
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {
             "exp_avg": self.exp_avg.detach().cpu().clone(),
             "exp_avg_sq": self.exp_avg_sq.detach().cpu().clone(),
             "count": self.count.detach().cpu().clone(),
         }
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         device = self.exp_avg.device
         for key in ("exp_avg", "exp_avg_sq", "count"):
             value = torch.as_tensor(state[key], dtype=torch.float64)
             if value.shape != (self.num_groups,):
-                raise ValueError(f"log_adam state {key!r} has shape {tuple(value.shape)}, expected ({self.num_groups},)")
+                raise ValueError(
+                    f"log_adam state {key!r} has shape {tuple(value.shape)}, expected ({self.num_groups},)"
+                )
             setattr(self, key, value.to(device).clone())
 
 

@@ -23,7 +23,6 @@ freed before the meta forward, so it never coexists with the meta batch's activa
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -37,6 +36,7 @@ from .flat import FlatLayout
 from .groups import optimizer_group_names, unwrap_model
 from .hyper_updates import HyperUpdate, make_hyper_update
 from .stream import MetaBatchStream
+from .values import as_number, as_pair
 
 __all__ = ["DEFAULT_HYPER_LR", "DEFAULT_MULTIPLIER_BOUNDS", "MetaLR", "default_prepare_batch"]
 
@@ -57,29 +57,6 @@ def default_prepare_batch(batch: Any, device: torch.device) -> tuple[Tensor, Ten
     else:
         raise ValueError(f"cannot split a meta batch of type {type(batch).__name__}; pass prepare_batch=")
     return x.to(device), y.to(device)
-
-
-def _number(name: str, value: Any, kind: type = float) -> float | int:
-    """A finite number from ``value`` (configuration values from a command line arrive as strings)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    try:
-        number = float(value.strip()) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if kind is int:
-        if number != int(number):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        return int(number)
-    return number
-
-
-def _bounds(name: str, value: Any) -> tuple[float, float]:
-    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
-        raise ValueError(f"{name} must be a pair (low, high), got {value!r}")
-    return _number(f"{name}[0]", value[0]), _number(f"{name}[1]", value[1])
 
 
 class _History:
@@ -106,11 +83,11 @@ class _History:
 
     def append(self, step: int, meta_loss: Tensor, skipped: Tensor, lrs: Tensor, mult: Tensor, h: Tensor) -> None:
         n = self.length
-        if self._rows is None or self._rows.device != lrs.device:
-            self._rows = torch.empty(64, self.width, dtype=torch.float64, device=lrs.device)
-        elif n == self._rows.shape[0]:  # doubling: amortised O(1) per step
-            grown = torch.empty(2 * n, self.width, dtype=torch.float64, device=lrs.device)
-            grown[:n] = self._rows
+        if self._rows is None or self._rows.device != lrs.device or n == self._rows.shape[0]:
+            # first row, the model moved to another device, or full: doubling is amortised O(1) per step
+            grown = torch.empty(max(64, 2 * n), self.width, dtype=torch.float64, device=lrs.device)
+            if n:
+                grown[:n] = self._rows[:n].to(lrs.device)
             self._rows = grown
         row = self._rows[n]
         row[0] = step  # exact in float64 up to 2**53
@@ -212,17 +189,13 @@ class MetaLR:
         seed: int | None = None,
         preserve_rng: bool = True,
     ) -> None:
-        hyper_lr = _number("hyper_lr", hyper_lr)
-        if hyper_lr < 0:
-            raise ValueError(f"hyper_lr must be >= 0, got {hyper_lr}")
-        lo, hi = _bounds("multiplier_bounds", multiplier_bounds)
+        hyper_lr = as_number("hyper_lr", hyper_lr, minimum=0.0)
+        lo, hi = as_pair("multiplier_bounds", multiplier_bounds)
         if not 0.0 < lo < 1.0 < hi:
             raise ValueError(
                 f"multiplier_bounds must satisfy 0 < low < 1 < high (every multiplier starts at 1), got {(lo, hi)}"
             )
-        interval = _number("interval", interval, int)
-        if interval < 1:
-            raise ValueError(f"interval must be a positive integer, got {interval!r}")
+        interval = as_number("interval", interval, int, minimum=1)
         self.model = model
         self.module = unwrap_model(model)
         self.optimizer = optimizer
@@ -239,7 +212,7 @@ class MetaLR:
         if unknown:
             raise ValueError(f"fixed_groups {unknown} are not layer groups; groups are {self.group_names}")
         self.fixed_groups = list(self.group_names if fixed_groups is None else fixed_groups)
-        self.fixed_epochs = _number("fixed_epochs", fixed_epochs, int)
+        self.fixed_epochs = as_number("fixed_epochs", fixed_epochs, int, minimum=0)
         self.stream = MetaBatchStream(meta_loader, seed)
 
         self.params: list[Tensor] = list(self.direction.params)
@@ -266,6 +239,14 @@ class MetaLR:
         self._base_dev: Tensor | None = None
         self._saved_lrs: list[Any] | None = None
         self._warned_sync = False
+        owner = getattr(optimizer, "_metalr", None)
+        if owner is not None and owner._hooks:
+            # a second pair of hooks would save the first one's product as the schedule and compound it
+            raise ValueError(
+                "this optimizer already has a MetaLR attached; call remove_hooks() on that one first (or build "
+                "a new optimizer)"
+            )
+        optimizer._metalr = self  # type: ignore[attr-defined]
         self._hooks = [
             optimizer.register_step_pre_hook(self._apply_multipliers),
             optimizer.register_step_post_hook(self._restore_schedule),
@@ -384,6 +365,8 @@ class MetaLR:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+        if getattr(self.optimizer, "_metalr", None) is self:
+            del self.optimizer._metalr  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ the meta step
     def step(self) -> Tensor | None:
@@ -416,7 +399,7 @@ class MetaLR:
             if grad_scale is not None:
                 h = h / grad_scale
                 v_norm = v_norm / grad_scale if v_norm is not None else None
-            h, meta_loss = self._all_reduce(h, meta_loss.detach().to(torch.float64))
+            h, meta_loss, v_norm = self._all_reduce(h, meta_loss.detach().to(torch.float64), v_norm)
             finite = torch.isfinite(h).all() & torch.isfinite(meta_loss)
             norms = (v_norm, u_norm) if self.rule.needs_norms else None
             self._update_multipliers(base, h, finite, norms)
@@ -436,9 +419,7 @@ class MetaLR:
         self.direction.write_(self._la_views, scratch)  # lookahead <- u
         del scratch
         rows = self._layout.rows(self._lookahead)
-        u_norm = None
-        if self.rule.needs_norms:
-            u_norm = self._layout.segment_sums(rows.square()).sqrt()
+        u_norm = self._group_norms(self._la_views) if self.rule.needs_norms else None
         rows.mul_(self._layout.per_row(-alpha.to(rows.dtype)).unsqueeze(1))  # one kernel for all groups
         torch._foreach_add_(self._la_views, self.params)
         return u_norm
@@ -455,13 +436,15 @@ class MetaLR:
             # a parameter the meta forward did not use has no gradient: v = 0
             v.append(leaf.grad if leaf.grad is not None else torch.zeros_like(leaf))
             leaf.grad = None
-        v_norm = None
-        if self.rule.needs_norms:
-            squares = torch.stack(torch._foreach_norm(v)).to(torch.float64).square()
-            v_norm = torch.zeros(len(self.group_names), dtype=torch.float64, device=squares.device)
-            v_norm = v_norm.index_add_(0, self._group_of_param, squares).sqrt()
+        v_norm = self._group_norms(v) if self.rule.needs_norms else None
         self.direction.product_(v, self._la_views)  # lookahead <- v * u (v is overwritten)
         return -self._layout.segment_sums(self._lookahead), v_norm
+
+    def _group_norms(self, tensors: list[Tensor]) -> Tensor:
+        """``|x_j|`` per group from per-tensor norms (no temporary of the parameters' size)."""
+        squares = torch.stack(torch._foreach_norm(tensors)).to(torch.float64).square()
+        total = torch.zeros(len(self.group_names), dtype=torch.float64, device=squares.device)
+        return total.index_add_(0, self._group_of_param, squares).sqrt()
 
     def _update_multipliers(self, base: Tensor, h: Tensor, finite: Tensor, norms: Any) -> None:
         lo, hi = self.multiplier_bounds
@@ -475,9 +458,14 @@ class MetaLR:
         self._steps_since_bound_check += 1
         if self._mult.device.type == "cpu" or not _takes_tensor_lr(self.optimizer):
             if self._mult.device.type != "cpu" and not self._warned_sync:
+                hint = (
+                    " without fused=True or capturable=True"
+                    if isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD))
+                    else ""
+                )
                 warnings.warn(
-                    f"{type(self.optimizer).__name__} without fused=True or capturable=True takes float LRs: "
-                    "MetaLR copies its multipliers to the host once per meta step",
+                    f"{type(self.optimizer).__name__}{hint} takes float LRs: MetaLR copies its multipliers to the "
+                    "host once per meta step",
                     stacklevel=3,
                 )
                 self._warned_sync = True
@@ -526,14 +514,18 @@ class MetaLR:
         return loss.detach().as_subclass(torch.Tensor), grad_scale
 
     @staticmethod
-    def _all_reduce(h: Tensor, meta_loss: Tensor) -> tuple[Tensor, Tensor]:
-        """Average h and the meta loss over ranks, so every rank holds identical multipliers."""
+    def _all_reduce(h: Tensor, meta_loss: Tensor, v_norm: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Average h and the meta loss over ranks (and, for the cosine rule, the squared meta-gradient norms: u is
+        the same on every rank), so every rank holds identical multipliers."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            packed = torch.cat([h, meta_loss.reshape(1)])
+            parts = [h, meta_loss.reshape(1)] + ([v_norm.square()] if v_norm is not None else [])
+            packed = torch.cat(parts)
             dist.all_reduce(packed)
             packed /= dist.get_world_size()
-            return packed[:-1], packed[-1]
-        return h, meta_loss
+            g = h.numel()
+            reduced_norm = packed[g + 1 :].sqrt() if v_norm is not None else None
+            return packed[:g], packed[g], reduced_norm
+        return h, meta_loss, v_norm
 
     # ------------------------------------------------------------------ the LRs the optimizer uses
     def _base_lrs(self) -> Tensor:
@@ -555,15 +547,24 @@ class MetaLR:
 
     def _apply_multipliers(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Step pre-hook: the param groups hold ``s_j * m_j`` for the duration of ``optimizer.step()``."""
+        # a step that raised never ran the post-hook: put the schedule back before saving it again
+        self._restore_schedule(optimizer, args, kwargs)
         groups = optimizer.param_groups
-        self._saved_lrs = [g["lr"] for g in groups]
+        if len(groups) != len(self.group_names):
+            raise ValueError(
+                f"the optimizer has {len(groups)} param groups, MetaLR was built for {len(self.group_names)} "
+                f"({self.group_names}); build a new MetaLR after add_param_group"
+            )
+        saved = [g["lr"] for g in groups]
         if self._mult.device.type != "cpu" and _takes_tensor_lr(optimizer):
             used = (self._base_lrs() * self._mult).to(torch.float32)  # device tensors, no host sync
             for j, group in enumerate(groups):
                 group["lr"] = used[j]
-            return
-        for group, base, m in zip(groups, self._saved_lrs, self._mult_host):
-            group["lr"] = base * m if m != 1.0 else base
+        else:
+            for group, base, m in zip(groups, saved, self._mult_host):
+                # m == 1 (hyper_lr 0, held groups): the schedule's own object, so a plain run is reproduced exactly
+                group["lr"] = base * m if m != 1.0 else base
+        self._saved_lrs = saved
 
     def _restore_schedule(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Step post-hook: put the schedule's own LRs back, so a scheduler never sees the multipliers."""

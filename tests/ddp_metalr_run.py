@@ -38,9 +38,11 @@ def make_data() -> tuple[list[tuple[torch.Tensor, torch.Tensor]], TensorDataset]
     return train, meta
 
 
-def train(model: nn.Module, batches, meta_loader, shard: slice | None = None) -> dict[str, torch.Tensor]:
+def train(
+    model: nn.Module, batches, meta_loader, shard: slice | None = None, update: str = "log_adam"
+) -> dict[str, torch.Tensor]:
     optimizer = torch.optim.Adam(param_groups(model, 1e-2, head_lr=3e-2))
-    meta = MetaLR(model, optimizer, meta_loader, LOSS, hyper_lr=5e-2, seed=META_SEED)
+    meta = MetaLR(model, optimizer, meta_loader, LOSS, hyper_lr=5e-2, seed=META_SEED, update=update)
     for x, y in batches:
         if shard is not None:
             x, y = x[shard], y[shard]
@@ -63,7 +65,11 @@ def main() -> None:
     sampler = DistributedSampler(meta_set, num_replicas=WORLD, rank=rank, shuffle=True, seed=META_SEED)
     meta_loader = DataLoader(meta_set, batch_size=LOCAL_BATCH, sampler=sampler)
     model = nn.parallel.DistributedDataParallel(make_model())
-    result = train(model, batches, meta_loader, shard=slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH))
+    shard = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+    result = train(model, batches, meta_loader, shard=shard)
+    # the cosine rule also reduces the meta-gradient norms: the ranks must still agree
+    cosine = train(nn.parallel.DistributedDataParallel(make_model()), batches, meta_loader, shard=shard, update="cosine")
+    result["cosine_lr"] = cosine["lr"]
     torch.save(result, args.out / f"rank{rank}.pt")
     dist.destroy_process_group()
 

@@ -92,3 +92,46 @@ def test_meta_overhead_script_runs(tmp_path):
     assert [r["groups"] for r in result["by_groups"]] == [2, 6]
     assert all(r["time_s"] > 0 for r in result["by_tensors"] + result["by_groups"])
     assert 0 < result["resnet18_2d"]["share_of_plain_step"]
+
+
+def test_hyper_lr_sensitivity_runs_on_the_real_ct_and_reports(tmp_path):
+    import hyper_lr_sensitivity as hls
+
+    out = tmp_path / "hls"
+    common = ["--out", str(out), "--small", "--seeds", "0", "--rules", "log_adam", "multiplicative",
+              "--sweep_rules", "log_adam", "--factors", "1", "10", "--meta_batches", "{}"]
+    hls.main([*common, "--tasks", "tiles2d", "unet3d"])
+    runs = hls.load_runs(out / "runs.jsonl")
+    # per task: log_adam x 2 factors, multiplicative at its centre, the hyper_lr 0 control
+    assert len(runs) == 2 * 4
+    control = [r for r in runs if r["hyper_lr"] == 0.0]
+    assert all(max(abs(m) for m in r["log_move"]) == 0.0 for r in control)  # hyper_lr 0: nothing moves
+    moved = [r for r in runs if r["rule"] == "log_adam" and r["hyper_lr"] == 0.1]
+    assert all(0 < max(abs(m) for m in r["log_move"]) <= 0.1 * r["meta_steps"] + 1e-9 for r in moved)  # |step| <= eta
+    hls.main([*common, "--tasks", "tiles2d", "unet3d"])  # resumes: nothing new
+    assert len(hls.load_runs(out / "runs.jsonl")) == len(runs)
+    hls.main(["--out", str(out), "--report", "--json", str(tmp_path / "summary.json")])
+    summary = json.loads((tmp_path / "summary.json").read_text())["summary"]
+    assert set(summary) == {"tiles2d", "unet3d"}
+    rows = summary["tiles2d"]["rules"]["log_adam"]
+    assert [r["hyper_lr"] for r in rows] == [0.0, 0.01, 0.1] and all(r["seeds"] == 1 for r in rows)
+    assert "| log_adam | 0.01 |" in (out / "report.md").read_text()
+
+
+def test_hypergradient_statistics_by_hand():
+    import hyper_lr_sensitivity as hls
+    import numpy as np
+
+    h = np.array([[1.0, -2.0], [3.0, 2.0], [1.0, -2.0], [3.0, 2.0], [1.0, 4.0], [3.0, 4.0]])
+    import statistics
+
+    import pytest
+
+    stats = hls.hypergradient_stats(h)
+    columns = [h[:, 0].tolist(), h[:, 1].tolist()]
+    assert stats["snr"] == pytest.approx([statistics.mean(c) / statistics.stdev(c) for c in columns], rel=1e-12)
+    assert stats["snr_block1"] == stats["snr"]
+    assert stats["mean_sign"] == pytest.approx([1.0, 1.0 / 3.0])
+    assert stats["median_abs_h"] == [2.0, 2.0]
+    assert "snr_block4" not in stats  # fewer than 3 blocks of 4
+    assert hls._spearman([1, 2, 3], [10, 30, 20]) == 0.5

@@ -32,4 +32,7 @@ def test_bundle_uses_the_library_defaults(bundle):
     assert "lr_bounds" not in json.dumps(config)
     schedule = next(h for h in handlers if h.get("_target_") == "LrScheduleHandler")
     assert schedule["lr_scheduler"] == "@lr_scheduler" and schedule["epoch_level"] is False
-    assert config["lr_schedule"] == "constant" and "lr_scheduler=@lr_scheduler" in config["train"]["checkpoint"]["save_dict"]
+    assert (
+        config["lr_schedule"] == "constant"
+        and "lr_scheduler=@lr_scheduler" in config["train"]["checkpoint"]["save_dict"]
+    )

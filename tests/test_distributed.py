@@ -50,8 +50,9 @@ def test_ddp_ranks_agree_and_match_one_process(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert ranks[0]["lr"].shape == (STEPS, 3)
-    for key in ("lr", "hypergrad", "weights"):
+    for key in ("lr", "hypergrad", "weights", "cosine_lr"):
         assert torch.equal(ranks[0][key], ranks[1][key]), key  # bit-identical across ranks, every step
+    assert (ranks[0]["cosine_lr"][-1] != ranks[0]["cosine_lr"][0]).all()
 
     batches, meta_set = make_data()
     single = train(make_model(), batches, global_meta_batches(meta_set))

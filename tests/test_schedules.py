@@ -49,8 +49,15 @@ def _trainer_run(schedule: str, metalr_kwargs: dict | None):
     if metalr_kwargs is not None:
         metalr = MetaLRHandler(make_batches(3, seed=2), seed=0, **metalr_kwargs)
         handlers.insert(0, metalr)
-    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=STEPS // 4, train_data_loader=train,
-                                network=net, optimizer=opt, loss_function=LOSS, train_handlers=handlers)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=STEPS // 4,
+        train_data_loader=train,
+        network=net,
+        optimizer=opt,
+        loss_function=LOSS,
+        train_handlers=handlers,
+    )
     used: list[list[float]] = []
     # registered after MetaLR's own pre-hook (MetaLR is built at STARTED, before this), so it sees what is used
     trainer.add_event_handler(Events.STARTED, lambda e: opt.register_step_pre_hook(_recorder(opt, used)))
@@ -80,8 +87,9 @@ def test_each_step_uses_schedule_times_multiplier(interval):
         mult[step - 1 :] = m
     assert (mult[-1] - 1).abs().max() > 1e-3  # MetaLR did learn something
     torch.testing.assert_close(lrs, schedule_lrs * mult, rtol=1e-12, atol=0)
-    torch.testing.assert_close(history["lr"], schedule_lrs[history["step"] - 1] * history["multiplier"], rtol=1e-12,
-                               atol=0)
+    torch.testing.assert_close(
+        history["lr"], schedule_lrs[history["step"] - 1] * history["multiplier"], rtol=1e-12, atol=0
+    )
     # the scheduler itself never saw a multiplier: its last values are the schedule's own
     assert scheduler.get_last_lr() == pytest.approx(_warmup_cosine_values()[STEPS], rel=1e-12)
 
@@ -139,9 +147,10 @@ def test_make_lr_scheduler_warmup_then_cosine_by_formula():
         seen.append([g["lr"] for g in opt.param_groups])
         opt.step()
         scheduler.step()
-    for t, lrs in enumerate(seen):  # 4 warm-up steps from 1/5 of the peak, then 8 cosine steps to 10% of it
-        factor = (1 + t) / 5 if t < 4 else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (t - 4) / 8))
+    for t, lrs in enumerate(seen):  # 4 warm-up steps from 1/5 of the peak, then 8 cosine steps ending at 10% of it
+        factor = (1 + t) / 5 if t < 4 else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (t - 4) / 7))
         assert lrs == pytest.approx([1e-3 * factor, 1e-3 * factor, 1e-2 * factor], rel=1e-12), t
+    assert seen[4] == pytest.approx([1e-3, 1e-3, 1e-2]) and seen[-1] == pytest.approx([1e-4, 1e-4, 1e-3])
     fresh = torch.optim.Adam(param_groups(net, 1e-3, head_lr=1e-2))
     constant = make_lr_scheduler(fresh, "constant", epochs="3", steps_per_epoch="0")  # needs no step count
     for _ in range(3):
@@ -154,8 +163,8 @@ def test_make_lr_scheduler_warmup_then_cosine_by_formula():
     "kwargs,message",
     [
         ({"schedule": "linear"}, "unknown lr_schedule 'linear'"),
-        ({"steps_per_epoch": 0}, "steps_per_epoch must be an integer >= 1"),
-        ({"epochs": "two"}, "epochs must be an integer"),
+        ({"steps_per_epoch": 0}, "steps_per_epoch must be >= 1"),
+        ({"epochs": "two"}, "epochs must be a number"),
         ({"warmup_epochs": 3}, "warm-up steps of 12"),
         ({"final_factor": 2.0}, "final_factor must be in"),
     ],
@@ -167,3 +176,48 @@ def test_make_lr_scheduler_errors(kwargs, message):
     args = {"schedule": "cosine", "epochs": 3, "steps_per_epoch": 4, **kwargs}
     with pytest.raises(ValueError, match=message):
         make_lr_scheduler(opt, args.pop("schedule"), args.pop("epochs"), args.pop("steps_per_epoch"), **args)
+
+
+# --------------------------------------------------------------------------- the hooks' edge cases
+def _learned(steps: int = 2):
+    torch.manual_seed(0)
+    net = SmallNet().double()
+    opt = torch.optim.Adam(param_groups(net, 1e-3, head_lr=1e-2))
+    meta = MetaLR(net, opt, make_batches(2, seed=3), LOSS, hyper_lr=0.2)
+    for x, y in make_batches(steps, seed=4):
+        opt.zero_grad()
+        LOSS(net(x), y).backward()
+        meta.step()
+        opt.step()
+    assert (meta.multipliers - 1).abs().min() > 1e-3
+    return net, opt, meta
+
+
+def test_a_step_that_raises_does_not_leave_the_product_behind():
+    net, opt, meta = _learned()
+
+    def fail(optimizer, args, kwargs):
+        raise RuntimeError("boom")
+
+    handle = opt.register_step_pre_hook(fail)  # runs after MetaLR's pre-hook, so the post-hook never runs
+    with pytest.raises(RuntimeError, match="boom"):
+        opt.step()
+    handle.remove()
+    used = []
+    opt.register_step_pre_hook(_recorder(opt, used))
+    opt.step()
+    expected = [s * m for s, m in zip([1e-3, 1e-3, 1e-2], meta.multipliers.tolist())]
+    assert used[0] == pytest.approx(expected, rel=1e-12)  # not the product applied twice
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3, 1e-2]
+
+
+def test_one_metalr_per_optimizer_and_group_changes_are_refused():
+    net, opt, meta = _learned()
+    with pytest.raises(ValueError, match="already has a MetaLR attached"):
+        MetaLR(net, opt, make_batches(1, seed=5), LOSS)
+    meta.remove_hooks()
+    second = MetaLR(net, opt, make_batches(1, seed=5), LOSS)  # allowed once the first is detached
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))], "lr": 1e-3})
+    with pytest.raises(ValueError, match="4 param groups, MetaLR was built for 3"):
+        opt.step()
+    assert second.num_meta_steps == 0

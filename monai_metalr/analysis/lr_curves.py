@@ -96,7 +96,9 @@ def plot_lr_curves(
 
     steps = history["step"].numpy()
     multipliers = history.get("multiplier")
-    panels = [("lr", "learning rate used")] + ([("multiplier", "learned multiplier")] if multipliers is not None else [])
+    panels = [("lr", "learning rate used")] + (
+        [("multiplier", "learned multiplier")] if multipliers is not None else []
+    )
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels) + 0.8), dpi=110, sharex=True, squeeze=False)
     cmap = plt.get_cmap("viridis")
     n = max(len(group_names) - 1, 1)
