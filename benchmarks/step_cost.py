@@ -4,6 +4,9 @@ Run from the repository root::
 
     python benchmarks/step_cost.py --out step_cost.json            # CPU, both networks
     python benchmarks/step_cost.py --device cuda --amp --out f.json  # CUDA with autocast + GradScaler
+    # the sizes of benchmarks/cuda_check.sh: ResNet-18 batch 32 at 224^2, the 3D U-Net batch 2 at 96x96x64
+    python benchmarks/step_cost.py --device cuda --amp --resnet-size 224 --unet-size 96 96 64 --out f.json
+    python benchmarks/step_cost.py --dry-run ...   # check the options and the shapes (meta device), time nothing
 
 Time: every mode gets its own copy of the network and optimizer; after a warm-up, the modes are timed
 in turn (interleaved, so machine noise hits all of them alike) and the median per optimizer step is
@@ -50,6 +53,9 @@ from monai_metalr.networks.unet3d import UNet3D  # noqa: E402
 
 MODES = ("plain", "metalr_k1", "metalr_k4", "authors_style")
 MEMORY_STEPS = 4
+# network -> (batch, spatial size): the defaults of issue 5, and --small's (a smoke test, not a measurement)
+SIZES: dict[str, tuple[int, tuple[int, ...]]] = {"resnet18_2d": (32, (64, 64)), "unet3d": (2, (64, 64, 32))}
+SMALL_SIZES: dict[str, tuple[int, tuple[int, ...]]] = {"resnet18_2d": (4, (32, 32)), "unet3d": (1, (32, 32, 16))}
 
 
 @dataclass
@@ -63,25 +69,30 @@ class Workload:
     meta_batch: tuple[Tensor, Tensor]
 
 
-def build(network: str, device: torch.device, small: bool = False) -> Workload:
+def build(
+    network: str,
+    device: torch.device,
+    small: bool = False,
+    size: tuple[int, tuple[int, ...]] | None = None,
+) -> Workload:
     """The two benchmark settings of issue 5 (``small`` shrinks them for the test suite).
 
     ``resnet18_2d``: MONAI ResNet-18, batch 32 of 3x64x64, 3 classes, 10 groups (stem, 8 blocks, head).
     ``unet3d``: the LiTS bundle's U-Net (width 32), batch 2 of 1x64x64x32, 3 classes, DiceCE, 8 groups.
+    ``size``: ``(batch, spatial size)`` instead of those (ignored with ``small``).
     """
     torch.manual_seed(0)
+    if network not in SIZES:
+        raise ValueError(f"unknown network {network!r}; use resnet18_2d or unet3d")
+    batch, spatial = SMALL_SIZES[network] if small else (size or SIZES[network])
     if network == "resnet18_2d":
-        batch, size = (4, 32) if small else (32, 64)
         model = resnet18(spatial_dims=2, n_input_channels=3, num_classes=3)
-        shape, target = (batch, 3, size, size), lambda: torch.randint(0, 3, (batch,))
+        shape, target = (batch, 3, *spatial), lambda: torch.randint(0, 3, (batch,))
         loss_function: Callable = nn.CrossEntropyLoss()
-    elif network == "unet3d":
-        batch, spatial, width = (1, (32, 32, 16), 8) if small else (2, (64, 64, 32), 32)
-        model = UNet3D(1, 3, base_channels=width)
+    else:
+        model = UNet3D(1, 3, base_channels=8 if small else 32)
         shape, target = (batch, 1, *spatial), lambda: torch.randint(0, 3, (batch, 1, *spatial))
         loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
-    else:
-        raise ValueError(f"unknown network {network!r}; use resnet18_2d or unet3d")
     model = model.to(device)
     optimizer = torch.optim.Adam(param_groups(model, 1e-4, head_lr=1e-3))
     train = (torch.randn(shape, device=device), target().to(device))
@@ -181,9 +192,11 @@ class Runner:
         return (time.perf_counter() - start) / self.steps_per_unit
 
 
-def measure_times(network: str, device: torch.device, amp: bool, repeats: int, small: bool) -> dict[str, float]:
+def measure_times(
+    network: str, device: torch.device, amp: bool, repeats: int, small: bool, size: tuple | None = None
+) -> dict[str, float]:
     """Median seconds per step of every mode, interleaved in this process."""
-    runners = {mode: Runner(build(network, device, small), mode, amp) for mode in MODES}
+    runners = {mode: Runner(build(network, device, small, size), mode, amp) for mode in MODES}
     for runner in runners.values():  # warm-up: allocator, oneDNN/cuDNN algorithm choice, optimizer state
         runner.timed_unit()
         runner.timed_unit()
@@ -202,9 +215,11 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure_peak_mb(network: str, mode: str, device: torch.device, amp: bool, small: bool) -> float:
+def measure_peak_mb(
+    network: str, mode: str, device: torch.device, amp: bool, small: bool, size: tuple | None = None
+) -> float:
     """Peak memory of ``MEMORY_STEPS`` steps above the built-model baseline (run in a fresh process)."""
-    runner = Runner(build(network, device, small), mode, amp)
+    runner = Runner(build(network, device, small, size), mode, amp)
     if device.type == "cuda":
         torch.cuda.synchronize()
         baseline = torch.cuda.memory_allocated(device)
@@ -222,7 +237,7 @@ def measure_peak_mb(network: str, mode: str, device: torch.device, amp: bool, sm
 
 def peak_in_fresh_process(network: str, mode: str, args: argparse.Namespace) -> float:
     command = [sys.executable, __file__, "--child", f"{network}:{mode}", "--device", args.device]
-    command += ["--amp"] * args.amp + ["--small"] * args.small
+    command += ["--amp"] * args.amp + ["--small"] * args.small + _size_options(args)
     # a fixed mmap threshold makes glibc map every large tensor on its own and unmap it when freed, so
     # the resident set follows the live tensors instead of the allocator's free lists
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -230,6 +245,49 @@ def peak_in_fresh_process(network: str, mode: str, args: argparse.Namespace) -> 
     if done.returncode != 0:
         raise RuntimeError(f"memory run {network}:{mode} failed:\n{done.stderr[-2000:]}")
     return float(done.stdout.strip().splitlines()[-1])
+
+
+_SIZE_OPTIONS = ("resnet_batch", "resnet_size", "unet_batch", "unet_size")
+
+
+def _size_options(args: argparse.Namespace) -> list[str]:
+    """The size options of ``args`` as command-line words (none for a namespace without them)."""
+    words: list[str] = []
+    for name in _SIZE_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None:
+            words += [f"--{name.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
+    return words
+
+
+def sizes_from_args(args: argparse.Namespace) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """network -> (batch, spatial size) from the options (the defaults where an option is not given)."""
+    resnet_batch, (resnet_h, _) = SIZES["resnet18_2d"]
+    unet_batch, unet_size = SIZES["unet3d"]
+    resnet = getattr(args, "resnet_size", None) or resnet_h
+    return {
+        "resnet18_2d": (getattr(args, "resnet_batch", None) or resnet_batch, (resnet, resnet)),
+        "unet3d": (getattr(args, "unet_batch", None) or unet_batch, tuple(getattr(args, "unet_size", None) or unet_size)),
+    }
+
+
+def dry_run(args: argparse.Namespace, sizes: dict[str, tuple[int, tuple[int, ...]]]) -> dict[str, Any]:
+    """Check every requested workload without timing it: built, one forward and loss on the ``meta`` device
+    (shapes only, no memory, no CUDA needed), and every mode's runner (MetaLR, authors' style) built on it."""
+    checked: dict[str, Any] = {}
+    for network in args.networks:
+        work = build(network, torch.device("meta"), args.small, sizes[network])
+        x, y = work.train_batch
+        loss = work.loss_function(work.model(x), y)
+        if loss.dim() != 0:
+            raise RuntimeError(f"{network}: the loss is not a scalar, shape {tuple(loss.shape)}")
+        for mode in MODES:  # amp needs CUDA; the runners are built without it here
+            Runner(build(network, torch.device("meta"), args.small, sizes[network]), mode, amp=False)
+        batch, spatial = SMALL_SIZES[network] if args.small else sizes[network]
+        checked[network] = {"batch": batch, "spatial": list(spatial), "modes": list(MODES)}
+        print(f"{network:12s} batch {batch} x {spatial}: built, forward + loss shapes and {len(MODES)} modes check "
+              "(dry run)", flush=True)
+    return {"dry_run": checked, "device": args.device, "amp": args.amp}
 
 
 def device_name(device: torch.device, amp: bool) -> str:
@@ -262,18 +320,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds per mode (after 2 warm-up rounds)")
     parser.add_argument("--small", action="store_true", help="tiny sizes (a smoke test, not a measurement)")
     parser.add_argument("--memory-jobs", type=int, default=1, help="memory-measuring processes run at once")
+    parser.add_argument("--resnet-batch", type=int, help="ResNet-18 batch size (default 32)")
+    parser.add_argument("--resnet-size", type=int, help="ResNet-18 input height = width (default 64)")
+    parser.add_argument("--unet-batch", type=int, help="3D U-Net batch size (default 2)")
+    parser.add_argument("--unet-size", type=int, nargs=3, metavar=("H", "W", "D"), help="3D U-Net input (default 64 64 32)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the options and every workload's shapes on the meta device; time nothing")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.amp and device.type != "cuda":
         parser.error("--amp needs --device cuda (the meta step's autocast path is the CUDA one)")
+    unknown = sorted(set(args.networks) - set(SIZES))
+    if unknown:
+        parser.error(f"unknown network(s) {unknown}; choose from {sorted(SIZES)}")
+    sizes = sizes_from_args(args)
+    if args.dry_run:
+        result = dry_run(args, sizes)
+        write_json(result, args.out)
+        return result
     if args.child:
         network, mode = args.child.split(":")
-        print(measure_peak_mb(network, mode, device, args.amp, args.small))
+        print(measure_peak_mb(network, mode, device, args.amp, args.small, sizes[network]))
         return {}
     result: dict[str, Any] = {}
     for network in args.networks:
-        times = measure_times(network, device, args.amp, args.repeats, args.small)
+        times = measure_times(network, device, args.amp, args.repeats, args.small, sizes[network])
         result[network] = {}
         # each process measures only its own memory, so they may run side by side (GPU memory permitting)
         with ThreadPoolExecutor(max_workers=args.memory_jobs) as pool:

@@ -26,6 +26,13 @@ TINY = {
     "num_workers": 0,
     "cache": "none",
 }
+# one bundle trains with the gpu data pipeline (device cache, ThreadDataLoader) with its device on CPU, so that
+# config is run by `monai.bundle run` (and its determinism checked below) without a GPU; see test_gpu_pipeline.py
+RUN = {
+    "busi_classification": TINY,
+    "pocus_classification": TINY,
+    "chestxray_classification": {**TINY, "pipeline": "gpu", "device": "$torch.device('cpu')", "cache": "memory"},
+}
 CLASSES = {
     "busi_classification": ["benign", "malignant", "normal"],
     "pocus_classification": ["covid", "pneumonia", "regular"],
@@ -107,7 +114,8 @@ def trained(request, tmp_path_factory):
     bundle = request.param
     data = MAKERS[bundle](tmp_path_factory.mktemp("data"))
     out = tmp_path_factory.mktemp("out")
-    bundle_cli(bundle, "run", ["train.json"], tmp_path_factory.mktemp("cwd"), dataset_dir=data, output_dir=out, **TINY)
+    bundle_cli(bundle, "run", ["train.json"], tmp_path_factory.mktemp("cwd"), dataset_dir=data, output_dir=out,
+               **RUN[bundle])
     return bundle, data, out
 
 
@@ -227,10 +235,10 @@ def test_multi_gpu_config_under_torchrun(bundle, tmp_path):
 
 def test_same_seed_gives_bit_identical_lrs_and_weights(trained, tmp_path):
     """On CPU, a second run with the same seed repeats the first bit for bit (data order, augmentation,
-    MetaLR's meta batches, LRs and weights)."""
+    MetaLR's meta batches, LRs and weights), with either data pipeline."""
     bundle, data, out = trained
     again = tmp_path / "again"
-    bundle_cli(bundle, "run", ["train.json"], tmp_path, dataset_dir=data, output_dir=again, **TINY)
+    bundle_cli(bundle, "run", ["train.json"], tmp_path, dataset_dir=data, output_dir=again, **RUN[bundle])
     first, second = (torch.load(o / "checkpoint_final.pt", weights_only=True) for o in (out, again))
     assert (out / "metalr_lr.csv").read_bytes() == (again / "metalr_lr.csv").read_bytes()
     for key in ("lr", "hypergrad", "meta_loss"):  # a skipped (non-finite) step is NaN in both

@@ -30,6 +30,10 @@ TINY = {
     "sw_batch_size": 2,
     "cache": "none",
 }
+# the gpu data pipeline (device-resident cache, random crops and augmentation after it, ThreadDataLoader) with the
+# bundle's device on CPU: the training run below uses it, so `monai.bundle run` keeps that config working without a
+# GPU (the cpu pipeline, the default here, trains in the other runs and in the demo); see test_gpu_pipeline.py
+GPU_PIPELINE_ON_CPU = {"pipeline": "gpu", "device": "$torch.device('cpu')", "cache": "memory"}
 SCHEMA = REPO.parent / "shared" / "monai-schema" / "meta_schema_20240725.json"
 
 
@@ -52,12 +56,12 @@ def lits_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def lits_run(lits_dir, tmp_path_factory) -> tuple[Path, Path]:
-    """One MetaLR training run, launched from an unrelated working directory."""
+    """One MetaLR training run, launched from an unrelated working directory, with the gpu data pipeline on CPU."""
     out = tmp_path_factory.mktemp("lits_out")
     cwd = tmp_path_factory.mktemp("elsewhere")
     # with the optional warm-up + cosine schedule: MetaLR's multipliers apply on top of it
     bundle_cli(BUNDLE, "run", ["train.json"], cwd, dataset_dir=lits_dir, output_dir=out, lr_schedule="cosine",
-               warmup_epochs=0.5, **TINY)
+               warmup_epochs=0.5, **{**TINY, **GPU_PIPELINE_ON_CPU})
     return lits_dir, out
 
 

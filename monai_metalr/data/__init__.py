@@ -10,6 +10,8 @@
 - :class:`CheckSegmentationd`: image/label shape, affine, label values and finite voxels, after loading.
 - :data:`LITS_LABELS`, :func:`label_classes` / :func:`label_map`: the classes of a ``label_mode``.
 - :func:`make_dataset`: memory (``CacheDataset``), disk (``PersistentDataset``) or no caching, by one key.
+- :func:`make_loader`, :data:`PIPELINES`: the ``pipeline`` key of every bundle, ``"cpu"`` (host transforms,
+  worker processes) or ``"gpu"`` (the cache and the random transforms on the device, ``ThreadDataLoader``).
 - :func:`write_demo_lits`: the real CT of ``liver-ct-segmentation-package`` as a small LiTS dataset;
   :func:`read_inv3`: the CT of an InVesalius project (Debian's ``invesalius-examples`` head CT).
 
@@ -43,6 +45,7 @@ from .dicom import dicom_frame_info, read_dicom_frame
 from .frames import sample_frame_indices
 from .image2d import LoadFramed, classification_inference_list, read_frame
 from .lits import LITS_LABELS, lits_datalist, lits_inference_list, split_cases
+from .pipelines import PIPELINES, check_pipeline, make_loader
 from .pocus import POCUS_CLASSES, folds_to_datalist, pocus_classes, pocus_datalist, pocus_folds_pickle
 from .splits import pocus_split, split_classification
 from .video import VIDEO_EXTENSIONS, read_video_frames, video_frame_info
@@ -52,12 +55,14 @@ __all__ = [
     "CXR_CLASSES",
     "LABEL_MODES",
     "LITS_LABELS",
+    "PIPELINES",
     "POCUS_CLASSES",
     "VIDEO_EXTENSIONS",
     "CheckSegmentationd",
     "LoadFramed",
     "LoadVolumed",
     "busi_datalist",
+    "check_pipeline",
     "chestxray_datalist",
     "classification_inference_list",
     "dicom_frame_info",
@@ -67,6 +72,7 @@ __all__ = [
     "lits_datalist",
     "lits_inference_list",
     "make_dataset",
+    "make_loader",
     "merge_masks",
     "pocus_classes",
     "pocus_datalist",

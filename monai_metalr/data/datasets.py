@@ -44,6 +44,7 @@ def make_dataset(
     cache_rate: float = 1.0,
     num_workers: int = 0,
     cache_key: Any = None,
+    copy_cache: bool = True,
 ) -> Dataset:
     """A MONAI dataset whose deterministic transforms are cached in memory, on disk, or not at all.
 
@@ -59,9 +60,16 @@ def make_dataset(
             window, label mode). ``"disk"`` caching keeps one sub-folder per distinct key, so a run with
             other settings never reads tensors cached under the old ones (``PersistentDataset`` keys its
             files on the data items only).
+        copy_cache: ``"memory"`` only: deep-copy a cached item before its random transforms run (MONAI's
+            default). ``False`` (MONAI's fast-training recipe) saves that copy of every volume per fetch. Only safe
+            when no transform after the cache writes into its input, even when every random transform passes the
+            cached tensor through unchanged: true of the LiTS bundle's crops and augmentation (its ``gpu``
+            pipeline sets it); not of ``NormalizeIntensityd``, which the 2D bundles run after their augmentation.
     """
     if cache == "memory":
-        return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=num_workers, progress=False)
+        return CacheDataset(
+            data, transform, cache_rate=cache_rate, num_workers=num_workers, progress=False, copy_cache=copy_cache
+        )
     if cache == "disk":
         if cache_dir is None:
             raise ValueError('make_dataset: cache="disk" needs cache_dir')

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Every CUDA claim of monai-metalr in one run (under 8 minutes on one modern GPU), from the repository root:
+#
+#   benchmarks/cuda_check.sh [OUT_DIR]          # default OUT_DIR: cuda_check_output
+#   benchmarks/cuda_check.sh --dry-run [OUT_DIR] # on CPU, under a minute: every step exists and parses
+#
+# (a) the CUDA tests: no host sync in the meta step (set_sync_debug_mode("error")) with fused Adam, capturable
+#     AdamW and fused SGD, and inside an amp + GradScaler SupervisedTrainer with MetaLRHandler; a torch.compile'd
+#     network; the bundles' gpu data pipeline on the device (LiTS and the three 2D bundles);
+# (b) benchmarks/step_cost.py --device cuda --amp: ResNet-18 2D batch 32 at 224^2 and the 3D U-Net batch 2 at
+#     96x96x64; plain / MetaLR interval 1 / interval 4 / authors' style;
+# (c) one epoch of the LiTS bundle on the real demo CT with the gpu pipeline: data wait vs iteration time;
+# (d) OUT_DIR/cuda_check.json (every figure) and OUT_DIR/cuda_check.md (the tables for docs/benchmarks.md).
+# Any failed, skipped or missing test, unexpected host sync, failed check or step over its time limit stops the
+# script with a non-zero exit and a line "cuda_check: FAILED ..." on stderr.
+#
+# Needs: $PY (default .venv/bin/python) with a CUDA build of torch, this package installed with its test extra
+# (pip install -e ".[test]") and the demo CT (pip install --no-deps liver-ct-segmentation-package==1.6.0, as
+# `make demo` does). MEMORY_JOBS (default 4) step_cost memory processes share the GPU at once.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+[[ -x "$PY" ]] || PY=python3
+
+DRY_RUN=0
+OUT=cuda_check_output
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) DRY_RUN=1 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -*) echo "cuda_check: unknown option $arg" >&2; exit 2 ;;
+        *) OUT=$arg ;;
+    esac
+done
+mkdir -p "$OUT"
+
+STEP="setup"
+trap 'rc=$?; echo "cuda_check: FAILED in step \"$STEP\" (exit $rc); see the output above" >&2; exit $rc' ERR
+
+# (a) every test must run and pass: pytest's ids, checked one by one below
+TESTS=(
+    "tests/test_fused_meta.py::test_cuda_meta_step_makes_no_host_sync[adam_fused]"
+    "tests/test_fused_meta.py::test_cuda_meta_step_makes_no_host_sync[adamw_capturable]"
+    "tests/test_fused_meta.py::test_cuda_meta_step_makes_no_host_sync[sgd_fused]"
+    "tests/test_cuda.py::test_sync_debug_mode_catches_a_host_sync"
+    "tests/test_cuda.py::test_amp_gradscaler_trainer_with_metalr_makes_no_host_sync_in_the_meta_step[adam]"
+    "tests/test_cuda.py::test_amp_gradscaler_trainer_with_metalr_makes_no_host_sync_in_the_meta_step[adam_fused]"
+    "tests/test_cuda.py::test_torch_compile_network_trains_with_metalr_under_amp"
+    "tests/test_gpu_pipeline.py::test_lits_gpu_pipeline_keeps_the_cache_on_the_device[cuda]"
+    "tests/test_gpu_pipeline.py::test_classification_gpu_pipeline_caches_the_images_on_the_device[cuda-busi_classification]"
+    "tests/test_gpu_pipeline.py::test_classification_gpu_pipeline_caches_the_images_on_the_device[cuda-pocus_classification]"
+    "tests/test_gpu_pipeline.py::test_classification_gpu_pipeline_caches_the_images_on_the_device[cuda-chestxray_classification]"
+)
+# (b) the realistic sizes; the JSON of the report names them
+# memory is measured in fresh processes, MEMORY_JOBS at once (each counts only its own allocations)
+STEP_COST=(benchmarks/step_cost.py --device cuda --amp --memory-jobs "${MEMORY_JOBS:-4}"
+           --resnet-batch 32 --resnet-size 224 --unet-batch 2 --unet-size 96 96 64)
+SIZES='{"resnet18_2d": "32 x 3 x 224 x 224", "unet3d": "2 x 1 x 96 x 96 x 64"}'
+# (c)
+BUNDLE_EPOCH=(benchmarks/cuda_check.py bundle --work-dir "$OUT/bundle_work" --iterations 60)
+
+# seconds each step may take; together under 8 minutes
+LIMIT_TESTS=150
+LIMIT_STEP_COST=160
+LIMIT_BUNDLE=110
+LIMIT_REPORT=10
+
+run_step() {  # run_step NAME LIMIT_S COMMAND...
+    STEP=$1
+    local limit=$2
+    shift 2
+    echo "== cuda_check: $STEP (limit ${limit} s): $*"
+    local start=$SECONDS rc=0
+    timeout --kill-after=10 "$limit" "$@" || rc=$?
+    if [[ $rc -eq 124 || $rc -eq 137 ]]; then
+        echo "cuda_check: FAILED: step \"$STEP\" ran past its ${limit} s limit" >&2
+        exit 1
+    elif [[ $rc -ne 0 ]]; then
+        echo "cuda_check: FAILED: step \"$STEP\" exited $rc" >&2
+        exit "$rc"
+    fi
+    echo "== cuda_check: $STEP done in $((SECONDS - start)) s"
+}
+
+if [[ $DRY_RUN -eq 1 ]]; then
+    STEP="syntax"
+    bash -n "$0"
+    echo "cuda_check --dry-run: script syntax OK"
+    # every test id exists: pytest collects exactly these (an unknown id is a collection error)
+    STEP="collect tests"
+    collected=$("$PY" -m pytest --collect-only -q -p no:cacheprovider "${TESTS[@]}" | grep -c '::' || true)
+    if [[ "$collected" -ne "${#TESTS[@]}" ]]; then
+        echo "cuda_check: FAILED: pytest collected $collected of the ${#TESTS[@]} CUDA test ids" >&2
+        exit 1
+    fi
+    echo "cuda_check --dry-run: the ${#TESTS[@]} CUDA test ids are collected"
+    # every option of step_cost.py is accepted and every workload builds at the requested sizes (meta device)
+    run_step "step_cost options" 60 "$PY" "${STEP_COST[@]}" --out "$OUT/step_cost.json" --dry-run
+    # the LiTS bundle with the gpu pipeline and its device on CPU: parsed, cached, checked, 2 tiny iterations timed
+    run_step "bundle epoch on CPU" 90 "$PY" "${BUNDLE_EPOCH[@]}" --out "$OUT/bundle_epoch.json" --dry-run
+    # the report step accepts its options and writes both files from the dry-run's JSON
+    run_step "report" "$LIMIT_REPORT" "$PY" benchmarks/cuda_check.py report --out-dir "$OUT" \
+        --bundle "$OUT/bundle_epoch.json" --step-cost-sizes "$SIZES"
+    "$PY" benchmarks/cuda_check.py tests --help > /dev/null
+    echo "cuda_check --dry-run: OK (nothing ran on a GPU)"
+    exit 0
+fi
+
+STEP="CUDA present"
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "cuda_check: FAILED: torch sees no CUDA device (torch $("$PY" -c 'import torch; print(torch.__version__)'))" >&2
+    exit 1
+fi
+"$PY" -c "import torch; print('cuda_check: ' + torch.cuda.get_device_name(0) + ', torch ' + torch.__version__)"
+
+PYTEST_TIMEOUT=()  # pytest-timeout (the test extra) names a hung test; the step's own limit holds without it
+if "$PY" -c "import pytest_timeout" 2> /dev/null; then PYTEST_TIMEOUT=(--timeout "$LIMIT_TESTS"); fi
+run_step "CUDA tests" "$LIMIT_TESTS" "$PY" -m pytest -q -rA -p no:cacheprovider ${PYTEST_TIMEOUT[@]+"${PYTEST_TIMEOUT[@]}"} \
+    --junitxml "$OUT/pytest.xml" "${TESTS[@]}"
+run_step "CUDA tests summary" "$LIMIT_REPORT" "$PY" benchmarks/cuda_check.py tests --junit "$OUT/pytest.xml" \
+    --out "$OUT/tests.json" "${TESTS[@]}"
+run_step "step cost" "$LIMIT_STEP_COST" "$PY" "${STEP_COST[@]}" --out "$OUT/step_cost.json"
+run_step "bundle epoch" "$LIMIT_BUNDLE" "$PY" "${BUNDLE_EPOCH[@]}" --out "$OUT/bundle_epoch.json"
+run_step "report" "$LIMIT_REPORT" "$PY" benchmarks/cuda_check.py report --out-dir "$OUT" --tests "$OUT/tests.json" \
+    --step-cost "$OUT/step_cost.json" --step-cost-sizes "$SIZES" --bundle "$OUT/bundle_epoch.json"
+echo "cuda_check: OK in ${SECONDS} s; tables in $OUT/cuda_check.md, every figure in $OUT/cuda_check.json"
