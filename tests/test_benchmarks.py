@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 from conftest import make_batches
 from torch import nn
@@ -99,34 +102,28 @@ def test_hyper_lr_sensitivity_runs_on_the_real_ct_and_reports(tmp_path):
 
     out = tmp_path / "hls"
     common = ["--out", str(out), "--small", "--seeds", "0", "--rules", "log_adam", "multiplicative",
-              "--sweep_rules", "log_adam", "--factors", "1", "10", "--meta_batches", "{}"]
-    hls.main([*common, "--tasks", "tiles2d", "unet3d"])
+              "--sweep_rules", "none", "--meta_batches", "{}", "--tasks", "tiles2d", "unet3d"]
+    hls.main(common)
     runs = hls.load_runs(out / "runs.jsonl")
-    # per task: log_adam x 2 factors, multiplicative at its centre, the hyper_lr 0 control
-    assert len(runs) == 2 * 4
+    assert len(runs) == 2 * 3  # per task: log_adam and multiplicative at their centres, the hyper_lr 0 control
     control = [r for r in runs if r["hyper_lr"] == 0.0]
-    assert all(max(abs(m) for m in r["log_move"]) == 0.0 for r in control)  # hyper_lr 0: nothing moves
-    moved = [r for r in runs if r["rule"] == "log_adam" and r["hyper_lr"] == 0.1]
-    assert all(0 < max(abs(m) for m in r["log_move"]) <= 0.1 * r["meta_steps"] + 1e-9 for r in moved)  # |step| <= eta
-    hls.main([*common, "--tasks", "tiles2d", "unet3d"])  # resumes: nothing new
+    assert len(control) == 2 and all(max(abs(m) for m in r["log_move"]) == 0.0 for r in control)
+    default = [r for r in runs if r["rule"] == "log_adam" and r["hyper_lr"] > 0]
+    # log_adam moves, and never by more than hyper_lr per meta step
+    assert all(0 < max(abs(m) for m in r["log_move"]) <= r["hyper_lr"] * r["meta_steps"] + 1e-12 for r in default)
+    hls.main(common)  # resumes: nothing new
     assert len(hls.load_runs(out / "runs.jsonl")) == len(runs)
     hls.main(["--out", str(out), "--report", "--json", str(tmp_path / "summary.json")])
     summary = json.loads((tmp_path / "summary.json").read_text())["summary"]
     assert set(summary) == {"tiles2d", "unet3d"}
-    rows = summary["tiles2d"]["rules"]["log_adam"]
-    assert [r["hyper_lr"] for r in rows] == [0.0, 0.01, 0.1] and all(r["seeds"] == 1 for r in rows)
+    assert [r["hyper_lr"] for r in summary["tiles2d"]["rules"]["log_adam"]] == [0.0, 0.01]
     assert "| log_adam | 0.01 |" in (out / "report.md").read_text()
 
 
 def test_hypergradient_statistics_by_hand():
     import hyper_lr_sensitivity as hls
-    import numpy as np
 
     h = np.array([[1.0, -2.0], [3.0, 2.0], [1.0, -2.0], [3.0, 2.0], [1.0, 4.0], [3.0, 4.0]])
-    import statistics
-
-    import pytest
-
     stats = hls.hypergradient_stats(h)
     columns = [h[:, 0].tolist(), h[:, 1].tolist()]
     assert stats["snr"] == pytest.approx([statistics.mean(c) / statistics.stdev(c) for c in columns], rel=1e-12)
