@@ -12,6 +12,7 @@ warning naming it, and a summary count.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -22,7 +23,8 @@ import av
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.transforms import Compose, EnsureChannelFirstd
+import torch
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from PIL import Image
 
 pydicom = pytest.importorskip("pydicom", minversion="3.0")
@@ -110,6 +112,13 @@ def img(path: Path, array: np.ndarray | None = None, fmt: str | None = None, mod
         array = np.random.default_rng(len(path.name)).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
     im = Image.fromarray(array, mode) if mode else Image.fromarray(array)
     im.save(path, format=fmt, **kw)
+    return path
+
+
+def palette(path: Path, rgb: np.ndarray) -> Path:
+    """A palette (mode "P") PNG of an RGB array."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).convert("P").save(path)
     return path
 
 
@@ -291,6 +300,20 @@ def _text_nii_gz(p: Path) -> Path:
     return put(p, b"<html>404 Not Found</html>\n" * 20)
 
 
+def flip_bit(path: Path, position: int, bit: int = 0) -> Path:
+    """Flip one bit of ``path`` in place (a bad disk sector, a flaky copy)."""
+    data = bytearray(path.read_bytes())
+    data[position] ^= 1 << bit
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _bit_flip_nii_gz(p: Path) -> Path:
+    """One flipped bit in the middle of the compressed voxels: header and gzip size trailer intact."""
+    nii(p)
+    return flip_bit(p, p.stat().st_size // 2)
+
+
 NIFTI_BAD.update(
     {
         "zero-byte-nii": (_volume_case(_zero_nii), r"empty file"),
@@ -337,6 +360,8 @@ NIFTI_VOXELS: dict[str, tuple[Callable[[Path], tuple[Path, Path, Path]], str]] =
         r"label values \{1.5\} outside",
     ),
     "label-nan": (_label_case(lambda p: nii(p, seg(extra=np.nan, dtype=np.float32))), r"label values \{nan\}"),
+    # the gzip CRC-32 of the voxels is checked as they are read (nibabel alone never reaches the trailer)
+    "bit-flip-nii-gz": (_volume_case(_bit_flip_nii_gz), r"damaged gzip stream.*CRC check failed"),
 }
 IMAGE_SIDE = {k for k in (*NIFTI_BAD, *NIFTI_VOXELS) if not k.startswith("label")}
 
@@ -387,6 +412,33 @@ def test_lits_datalists_read_headers_only(tmp_path: Path, kind: str) -> None:
     assert [i["case_id"] for i in lits_datalist(tmp_path)] == ["0", "1"]
 
 
+def test_lits_single_bit_flips_never_load_as_wrong_voxels(tmp_path: Path) -> None:
+    """60 random one-bit flips in a real .nii.gz: each raises naming the file, or the voxels are exactly right.
+
+    MONAI's own ``LoadImaged`` (nibabel) loads most of them as wrong voxels without an error: that is the defect.
+    """
+    good = nii(tmp_path / "volume-0.nii.gz")
+    data, size = np.asarray(nib.load(good).dataobj), good.stat().st_size
+    ours, theirs = LoadVolumed("image", image_only=True), LoadImaged("image", image_only=True)
+    rng = np.random.default_rng(0)
+    wrong_before = refused = 0
+    for k in range(60):
+        bad = tmp_path / f"flip-{k}.nii.gz"
+        bad.write_bytes(good.read_bytes())
+        flip_bit(bad, int(rng.integers(10, size - 8)), int(rng.integers(8)))  # past the gzip header, before the trailer
+        with contextlib.suppress(Exception):  # nibabel notices some flips (zlib errors): those are not silent
+            wrong_before += not np.array_equal(np.asarray(theirs({"image": str(bad)})["image"]), data)
+        try:
+            voxels = np.asarray(ours({"image": str(bad)})["image"])
+        except ValueError as e:
+            assert bad.name in str(e) and re.search(r"damaged gzip stream|cannot be read", str(e)), str(e)
+            refused += 1
+            continue
+        assert np.array_equal(voxels, data), f"flip {k}: wrong voxels loaded without an error"
+    assert wrong_before >= 30  # the corpus does exercise the silent case
+    assert refused >= 55
+
+
 @pytest.mark.parametrize(
     "layout",
     ["nii-and-nii-gz", "zero-padded-number", "msd-nii-and-nii-gz"],
@@ -434,6 +486,28 @@ def test_lits_skip_broken_cases(tmp_path: Path, caplog: pytest.LogCaptureFixture
     for n in (1, 3):
         put(tmp_path / f"volume-{n}.nii", b"")
     assert_names(lambda: lits_datalist(tmp_path, on_error="skip"), tmp_path, r"all 3 case\(s\) found are broken")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# pre-trained weights that load (almost) nothing
+
+
+def test_a_checkpoint_of_another_width_is_refused_not_loaded_as_counters(tmp_path: Path) -> None:
+    """A width-8 UNet3D checkpoint into the width-4 bundle network matches 15 of 106 tensors by name and shape: the
+    0-d BatchNorm counters and the output bias, 0.0% of the values. It used to 'load' and train from random init."""
+    from monai_metalr.networks import UNet3D, load_pretrained
+
+    path = tmp_path / "unet3d_width8.pt"
+    torch.save({"state_dict": UNet3D(1, 3, 8).state_dict()}, path)
+    net = UNet3D(1, 3, 4)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    err = assert_names(lambda: load_pretrained(net, path, verbose=False), path, r"only 0\.0% of UNet3D's values")
+    assert "loaded 15/106 tensors" in str(err) and "min_loaded=0" in str(err)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # nothing was copied
+    report = load_pretrained(net, path, verbose=False, min_loaded=0)  # a partial load on purpose
+    assert len(report.matched) == 15 and report.loaded_fraction < 0.001
+    assert_names(lambda: load_pretrained(net, path, min_loaded=1.5), "min_loaded", r"\[0, 1\]")
+    assert_names(lambda: load_pretrained(net, path, min_loaded=float("nan")), "min_loaded", r"finite|number")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -736,10 +810,10 @@ POCUS_BAD: dict[str, tuple[str, Callable[[Path], Path], str]] = {
     "garbage-mp4": ("pocus_videos/convex/Cov-bad.mp4", lambda p: put(p, b"junk" * 99), r"not a decodable video"),
     "truncated-gif": ("pocus_videos/convex/Cov-bad.gif", lambda p: cut(gif(p), 0.5), r"not a decodable video"),
     "zero-byte-png": ("pocus_images/convex/Cov-bad.png", lambda p: put(p, b""), r"empty file"),
-    "truncated-png": ("pocus_images/convex/Cov-bad.png", _png_cut, r"not a readable image.*truncated"),
+    "truncated-png": ("pocus_images/convex/Cov-bad.png", _png_cut, r"cannot be read as an image.*truncated"),
     "one-pixel-png": ("pocus_images/convex/Cov-bad.png", lambda p: img(p, np.zeros((1, 1), np.uint8)), r"1 x 1"),
-    "animated-png": ("pocus_images/convex/Cov-bad.png", stack, r"animated PNG of 3 frames"),
-    "truncated-jpeg": ("pocus_images/convex/Cov-bad.jpg", _jpeg_cut, r"not a readable image.*truncated"),
+    "animated-png": ("pocus_images/convex/Cov-bad.png", stack, r"3 frames"),
+    "truncated-jpeg": ("pocus_images/convex/Cov-bad.jpg", _jpeg_cut, r"cannot be read as an image.*truncated"),
 }
 
 
@@ -758,6 +832,31 @@ def test_pocus_bad_files(tmp_path: Path, kind: str, caplog: pytest.LogCaptureFix
     warnings = skip_warnings(caplog)
     assert any(bad.name in w and re.search(pattern, w, re.IGNORECASE) for w in warnings), warnings
     assert any("skipped 1 of 4 file(s)" in w for w in warnings)
+
+
+@pytest.mark.parametrize("still", ["16-bit-png", "8-bit-png", "rgba-png", "palette-png", "jpeg"])
+def test_pocus_stills_are_the_images_inference_sees(tmp_path: Path, still: str) -> None:
+    """A 16-bit ultrasound still was clipped to white by PIL's convert("RGB") for training while inference scaled it:
+    now training (the frame folder's PNG, through LoadFramed) and inference (LoadFramed on the file) agree exactly."""
+    root = pocus(tmp_path / "data")
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    folder = root / "pocus_images" / "convex"
+    source = {
+        "16-bit-png": lambda: img(folder / "Cov-still.png", (grey.astype(np.uint16) * 180 + 7)),  # up to ~46000
+        "8-bit-png": lambda: img(folder / "Cov-still.png", grey),
+        "rgba-png": lambda: img(folder / "Cov-still.png", np.dstack([rgb, grey])),
+        "palette-png": lambda: palette(folder / "Cov-still.png", rgb),
+        "jpeg": lambda: img(folder / "Cov-still.jpg", rgb, quality=90),
+    }[still]()
+    items = [i for i in pocus_datalist(root, frame_dir=tmp_path / "frames") if i["source"] == str(source)]
+    assert len(items) == 1 and items[0]["frame"] == -1
+    trained = load2d(Path(items[0]["image"]))["image"]
+    inferred = load2d(source)["image"]
+    assert torch.equal(trained, inferred)
+    if still == "16-bit-png":
+        assert float((trained == 255).float().mean()) < 0.05  # was 94-99 % white
 
 
 def test_pocus_truncated_video_with_intact_header_keeps_decodable_frames(

@@ -36,3 +36,26 @@ def test_bundle_uses_the_library_defaults(bundle):
         config["lr_schedule"] == "constant"
         and "lr_scheduler=@lr_scheduler" in config["train"]["checkpoint"]["save_dict"]
     )
+
+
+@pytest.mark.parametrize("bundle", NAMES)
+def test_checkpoints_store_the_settings_that_define_the_run(bundle, tmp_path):
+    """Every bundle's ResumableCheckpoint gets the resolved run settings (refused on resume if they differ) and the
+    allow list; the epoch count counts only when the LR schedule depends on it (raising it extends a constant run)."""
+    from monai.bundle import ConfigParser
+
+    config = json.loads((BUNDLES / bundle / "configs" / "train.json").read_text())
+    checkpoint = config["train"]["checkpoint"]
+    assert checkpoint["settings"] == "@run_settings" and checkpoint["allow_changes"] == "@resume_allow_changes"
+    assert config["resume_allow_changes"] == []
+    parser = ConfigParser(config)
+    parser.update({"bundle_root": str(BUNDLES / bundle), "output_dir": str(tmp_path)})
+    settings = parser.get_parsed_content("run_settings")
+    for key in ("lr", "head_lr", "iterations_per_epoch", "strategy", "strategy_kwargs", "use_metalr", "hyper_lr",
+                "lr_schedule", "batch_size", "seed", "network_name"):
+        assert key in settings, key
+    assert settings["use_metalr"] is True and settings["epochs"] is None
+    parser.update({"lr_schedule": "cosine", "strategy": "layer_decay"})
+    settings = ConfigParser(parser.get()).get_parsed_content("run_settings")
+    assert settings["epochs"] == config["epochs"] and settings["use_metalr"] is False
+    assert not any(k in settings for k in ("device", "num_workers", "cache", "dataset_dir", "output_dir"))

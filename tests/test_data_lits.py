@@ -628,6 +628,39 @@ def test_load_volume_matches_load_imaged_and_pickles(tmp_path):
         clone({"image": str(tmp_path / "empty.nii")})
 
 
+def _scaled_int16(path: Path) -> Path:
+    img = nib.Nifti1Image(np.arange(np.prod(SHAPE), dtype=np.int16).reshape(SHAPE) - 100, AFFINE)
+    img.header.set_slope_inter(0.5, -1024.0)  # stored integers, real values = 0.5 x - 1024 (CT HU style)
+    nib.save(img, str(path))
+    return path
+
+
+def _big_endian(path: Path) -> Path:
+    nib.save(nib.Nifti1Image(np.arange(np.prod(SHAPE), dtype=">i2").reshape(SHAPE), AFFINE), str(path))
+    return path
+
+
+def _flipped_axes(path: Path) -> Path:  # not RAS: as_closest_canonical reorients (the voxels are not read as stored)
+    return write_nii(path, affine=np.diag([-0.8, 0.8, -2.5, 1.0]))
+
+
+@pytest.mark.parametrize("make", [_scaled_int16, _big_endian, _flipped_axes, write_nii], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("dtype", [np.float32, None])
+@pytest.mark.parametrize("canonical", [False, True])
+def test_crc_checked_reading_gives_nibabels_voxels(tmp_path, make, dtype, canonical):
+    """LoadVolumed reads .nii.gz voxels itself (to check the gzip trailer): the same values, dtype and metadata."""
+    path = make(tmp_path / "volume-0.nii.gz")
+    kw = {"dtype": dtype, "as_closest_canonical": canonical}
+    ours, theirs = (L("image", **kw)({"image": str(path)})["image"] for L in (LoadVolumed, LoadImaged))
+    assert ours.dtype == theirs.dtype and torch.equal(ours, theirs) and torch.equal(ours.affine, theirs.affine)
+    assert ours.meta["pixdim"].tolist() == theirs.meta["pixdim"].tolist()
+    data = bytearray(path.read_bytes())
+    data[-6] ^= 1  # the stored CRC-32 itself: the voxels decompress fine, the file is still refused
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"volume-0\.nii\.gz: cannot be read as a NIfTI volume: damaged gzip"):
+        LoadVolumed("image", **kw)({"image": str(path)})
+
+
 def test_check_integer_labels(tmp_path):
     """Labels loaded in their stored integer dtype take the min/max path; an outside value is still caught."""
     image = write_nii(tmp_path / "volume-0.nii")

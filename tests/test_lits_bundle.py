@@ -194,6 +194,24 @@ def test_a_models_genesis_checkpoint_initialises_the_bundle_network(tmp_path):
             torch.testing.assert_close(state[key], value)
 
 
+def test_resuming_with_another_experiment_is_refused_naming_the_settings(lits_run, tmp_path):
+    """--lr / --use_metalr changed on a finished run's folder: the bundle stops before restoring anything, naming
+    both settings (it used to continue the checkpoint's LRs, so a plain run silently became MetaLR fine-tuning)."""
+    lits_dir, out = lits_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("tensorboard", "cache"))
+    before = (copy / "checkpoint_latest.pt").read_bytes()
+    proc = bundle_cli(BUNDLE, "run", ["train.json"], tmp_path, check=False, dataset_dir=lits_dir, output_dir=copy,
+                      lr_schedule="cosine", warmup_epochs=0.5, lr=0.001, use_metalr=False,
+                      **{**TINY, **GPU_PIPELINE_ON_CPU})
+    assert proc.returncode != 0
+    assert "checkpoint_latest.pt: cannot resume" in proc.stderr
+    assert "lr: 0.0001 in the checkpoint, 0.001 now" in proc.stderr
+    assert "use_metalr: True in the checkpoint, False now" in proc.stderr
+    assert "--resume_allow_changes" in proc.stderr and "another output_dir" in proc.stderr
+    assert (copy / "checkpoint_latest.pt").read_bytes() == before
+
+
 def test_empty_dataset_dir_is_a_clear_error(tmp_path):
     empty = tmp_path / "nothing_here"
     empty.mkdir()
@@ -214,6 +232,23 @@ def test_label_value_outside_the_task_names_the_file(tmp_path):
                       output_dir=tmp_path / "out", **{**TINY, "cache": "memory"})
     assert proc.returncode != 0
     assert "segmentation-1.nii.gz" in proc.stderr and "7" in proc.stderr
+
+
+def test_a_dataset_without_foreground_is_an_error_not_a_dice_0_best_model(tmp_path):
+    """Every label all background (e.g. masks exported empty): it used to train and save a Dice-0 "best" model."""
+    data = tmp_path / "data"
+    for i in range(4):  # train, val, meta, test
+        affine = write_case(data / f"volume-{i}.nii.gz", None, seed=i)
+        nib.save(nib.Nifti1Image(np.zeros((24, 24, 16), np.uint8), affine), str(data / f"segmentation-{i}.nii.gz"))
+    out = tmp_path / "out"
+    # the bundle's own validation evaluator (its handlers in their order, MONAI's decollated batches), in-process:
+    # in a run it is what ValidationHandler starts after the first epoch
+    parser = _parsed("train.json", dataset_dir=str(data), output_dir=str(out), device="$torch.device('cpu')",
+                     patch_size=[16, 16, 16], network_kwargs={"base_channels": 4}, num_workers=0, cache="none")
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    with pytest.raises(ValueError, match=r"none of the 1 validation case\(s\) has a foreground voxel"):
+        evaluator.run()
+    assert not (out / "model.pt").exists()
 
 
 def test_multi_gpu_config_runs_under_torchrun_with_gloo(tmp_path):

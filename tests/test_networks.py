@@ -196,7 +196,8 @@ def test_genesis_checkpoint_loads_all_but_the_head(genesis_file, capsys, caplog)
     assert int(net.down_tr64.ops[0].bn1.num_batches_tracked) == 12345
     assert torch.equal(net.out_tr.final_conv.weight, head_before)
     summary = report.summary()
-    assert "loaded 104/106 tensors" in summary and "Genesis_Chest_CT.pt" in summary
+    assert "loaded 104/106 tensors (100.0% of the model's" in summary and "Genesis_Chest_CT.pt" in summary
+    assert report.loaded_fraction > 0.999
     assert "out_tr.final_conv.weight (file [1, 64, 1, 1, 1] vs model [3, 64, 1, 1, 1])" in summary
     assert summary in capsys.readouterr().out
     assert summary in caplog.text
@@ -257,7 +258,10 @@ def test_partial_files_report_missing_and_unexpected(tmp_path):
     path = tmp_path / "encoder.pt"
     torch.save(encoder, path)
     net = UNet3D(1, 2, 4)
-    report = load_pretrained(net, path, verbose=False)
+    with pytest.raises(ValueError, match=r"encoder\.pt: only \d+\.\d% of UNet3D's values would load"):
+        load_pretrained(net, path, verbose=False)  # under half of the model: refused unless asked for
+    report = load_pretrained(net, path, verbose=False, min_loaded=0)
+    assert 0 < report.loaded_fraction < 0.5
     assert report.unexpected == ["classifier.weight"]
     assert report.missing and all(k.startswith(("up_", "out_")) for k in report.missing)
     assert "..." in report.summary() and "more" in report.summary()  # long lists are cut

@@ -6,7 +6,8 @@
   (layout detected automatically) and check their NIfTI headers, naming any broken file.
 - :func:`split_cases`: a seeded case-level train / val / meta / test split (val chooses the best model, meta feeds
   MetaLR's meta loader), stored in a JSON file and reused.
-- :class:`LoadVolumed`: ``LoadImaged`` whose read errors name the file.
+- :class:`LoadVolumed`: ``LoadImaged`` whose read errors name the file and that checks the gzip CRC-32 of ``.nii.gz``
+  files as it reads their voxels (:class:`~monai_metalr.data.checks.CheckedNibabelReader`).
 - :class:`CheckSegmentationd`: image/label shape, affine, label values and finite voxels, after loading.
 - :data:`LITS_LABELS`, :func:`label_classes` / :func:`label_map`: the classes of a ``label_mode``.
 - :func:`make_dataset`: memory (``CacheDataset``), disk (``PersistentDataset``) or no caching, by one key.

@@ -2,7 +2,10 @@
 
 - :class:`LoadVolumed`: MONAI's ``LoadImaged`` whose read errors always name the file. MONAI 1.6 passes the
   reader's exception through unchanged, and for a truncated ``.nii.gz`` that is nibabel's
-  ``EOFError: Compressed file ended before the end-of-stream marker was reached``, with no file name.
+  ``EOFError: Compressed file ended before the end-of-stream marker was reached``, with no file name. It also
+  verifies the gzip CRC-32 and length of every ``.nii.gz`` it reads, in the same decompression pass as the voxels:
+  nibabel stops reading at the last voxel and never reaches the gzip trailer, so a flipped bit inside the
+  compressed data otherwise loads as wrong voxels without any error.
 - :class:`CheckSegmentationd`: image/label spatial shape and affine agree, label values are known classes,
   image voxels are finite.
 
@@ -13,17 +16,22 @@ traceback as its cause ("The above exception was the direct cause of ..."), i.e.
 
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor
+from monai.data import MetaTensor, NibabelReader
 from monai.transforms import LoadImage, LoadImaged, MapTransform
 from monai.utils import PostFix
+from nibabel.arrayproxy import ArrayProxy
+from nibabel.volumeutils import apply_read_scaling
 
-__all__ = ["CheckSegmentationd", "LoadVolumed"]
+__all__ = ["CheckSegmentationd", "CheckedNibabelReader", "LoadVolumed", "verify_gzip"]
 
 
 # NIfTI datatype codes of complex voxels: COMPLEX64, COMPLEX128, COMPLEX256
@@ -36,6 +44,103 @@ def _names(filename: Any) -> str:
     if isinstance(filename, Sequence):  # LoadImage stacks a list of files into one array
         return ", ".join(_names(f) for f in filename)
     return repr(filename)
+
+
+_GZIP_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
+_CHUNK = 1 << 22
+
+
+def _damaged(path: str, e: BaseException) -> ValueError:
+    return ValueError(
+        f"{path}: cannot be read as a NIfTI volume: damaged gzip stream, it fails its integrity check "
+        f"({type(e).__name__}: {e}); the file is corrupt (a bad download, copy or disk) and its voxels cannot be "
+        "trusted: restore or re-download it"
+    )
+
+
+def verify_gzip(path: str | os.PathLike) -> int:
+    """Decompress the whole gzip file ``path`` without keeping the data, so that every member's CRC-32 and length
+    are checked; return the decompressed size in bytes.
+
+    Raises:
+        ValueError: a damaged or truncated gzip stream (the message names the file).
+    """
+    total = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                total += len(chunk)
+    except _GZIP_ERRORS as e:
+        raise _damaged(os.fspath(path), e) from e
+    return total
+
+
+def _read_gz_voxels(path: str, proxy: ArrayProxy) -> np.ndarray:
+    """``np.asanyarray(proxy)`` for a ``.nii.gz`` file, read in one pass that goes on to the end of the gzip stream,
+    so that Python's ``GzipFile`` checks the CRC-32 and length in the trailer (nibabel stops at the last voxel)."""
+    shape, dtype, offset = tuple(proxy.shape), np.dtype(proxy.dtype), int(proxy.offset)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = bytearray(nbytes)
+    view = memoryview(buf)
+    try:
+        with gzip.open(path, "rb") as f:
+            skipped = len(f.read(offset))
+            done = 0
+            while done < nbytes:
+                n = f.readinto(view[done:])
+                if not n:
+                    break
+                done += n
+            while f.read(_CHUNK):  # up to the trailer: a bad CRC-32 or length raises here
+                pass
+    except _GZIP_ERRORS as e:
+        raise _damaged(path, e) from e
+    if skipped < offset or done < nbytes:
+        raise ValueError(
+            f"{path}: cannot be read as a NIfTI volume: truncated: the gzip stream holds {skipped + done} bytes, the "
+            f"header needs {offset + nbytes}"
+        )
+    del view
+    raw = np.frombuffer(buf, dtype=dtype).reshape(shape, order=proxy.order)
+    # what ArrayProxy._get_scaled does for np.asanyarray(proxy): scale factors in their own dtype, upcast as needed
+    slope, inter = np.asanyarray(proxy.slope), np.asanyarray(proxy.inter)
+    return apply_read_scaling(raw, slope, inter)
+
+
+class CheckedNibabelReader(NibabelReader):
+    """MONAI's ``NibabelReader`` that checks the gzip CRC-32 and length of a ``.nii.gz`` file as it reads it.
+
+    nibabel reads a ``.nii.gz`` only up to its last voxel, so the gzip trailer is never checked: one flipped bit in
+    the compressed data gives wrong voxels and no error. Here the voxels are read in one pass that continues to the
+    end of the stream, so the trailer is checked at no extra decompression (the same data, time and memory as
+    ``NibabelReader``); a damaged file raises ``ValueError`` naming it. When the voxels are not read straight from the
+    file (``as_closest_canonical`` reorienting, ``to_gpu``), the stream is checked in a separate pass first.
+    Uncompressed ``.nii`` files carry no checksum and are read as before. :class:`LoadVolumed` uses this reader.
+    """
+
+    def _get_array_data(self, img: Any, filename: Any) -> Any:
+        path = os.fspath(filename)
+        if not path.lower().endswith(".gz"):
+            return super()._get_array_data(img, filename)
+        proxy = getattr(img, "dataobj", None)
+        if (
+            not self.to_gpu
+            and isinstance(proxy, ArrayProxy)
+            and isinstance(proxy.file_like, (str, os.PathLike))
+            and os.fspath(proxy.file_like) == path
+        ):
+            return _read_gz_voxels(path, proxy)
+        verify_gzip(path)
+        return super()._get_array_data(img, filename)
+
+
+def _check_nibabel_readers(loader: LoadImage) -> None:
+    """Replace the loader's ``NibabelReader`` (default or named) by a :class:`CheckedNibabelReader` with its settings."""
+    for i, reader in enumerate(loader.readers):
+        if type(reader) is NibabelReader:
+            checked = CheckedNibabelReader.__new__(CheckedNibabelReader)
+            checked.__dict__.update(reader.__dict__)
+            loader.readers[i] = checked
 
 
 class _NamedErrors:
@@ -52,6 +157,10 @@ class _NamedErrors:
             raise  # not the file's fault
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{_names(filename)}: file not found ({e})") from e
+        except ValueError as e:
+            if str(e).startswith(f"{_names(filename)}: cannot be read"):  # CheckedNibabelReader's own message
+                raise
+            raise ValueError(f"{_names(filename)}: cannot be read as a NIfTI volume: {type(e).__name__}: {e}") from e
         except Exception as e:
             raise ValueError(f"{_names(filename)}: cannot be read as a NIfTI volume: {type(e).__name__}: {e}") from e
         meta = out.meta if isinstance(out, MetaTensor) else out[1] if isinstance(out, tuple) and len(out) > 1 else None
@@ -78,6 +187,11 @@ class LoadVolumed(LoadImaged):
     ``FileNotFoundError("<file>: file not found (...)")``, chained to the original exception. A NIfTI file of
     complex voxels, which numpy would silently cast to their real part, raises ``ValueError`` too.
 
+    NIfTI files are read by :class:`CheckedNibabelReader`, which checks the gzip CRC-32 and length of a
+    ``.nii.gz`` in the same pass that reads its voxels: a damaged file raises
+    ``ValueError("<file>: cannot be read as a NIfTI volume: damaged gzip stream, it fails its integrity check
+    (...)")`` instead of loading wrong voxels.
+
     Example (bundle config)::
 
         {"_target_": "monai_metalr.data.LoadVolumed", "keys": ["image", "label"], "image_only": true}
@@ -91,6 +205,7 @@ class LoadVolumed(LoadImaged):
             kwargs: further keyword arguments of ``LoadImaged``.
         """
         super().__init__(keys, *args, **kwargs)
+        _check_nibabel_readers(self._loader)
         # wrapping the loader (not overriding __call__) keeps LoadImaged's own logic and tells which key failed
         self._loader = _NamedErrors(self._loader)  # type: ignore[assignment]
 

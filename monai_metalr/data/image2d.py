@@ -72,7 +72,8 @@ def _read_image(path: Path) -> np.ndarray:
     if n_frames > 1 and fmt != "MPO":  # a JPEG with preview frames (MPO) is one image
         raise ValueError(f"{path}: a {fmt} file of {n_frames} frames (a stack or an animation); expected one 2D image")
     if array.dtype == np.uint16 or array.max(initial=0) > 255:  # 16-bit PNG: rescale to the 8-bit range
-        array = array.astype(np.float32) * (255.0 / max(float(array.max()), 1.0))
+        # rounded to whole 8-bit levels, so that an 8-bit copy (POCUS's frame folder) is this very image
+        array = np.rint(array.astype(np.float64) * (255.0 / max(float(array.max()), 1.0)))
     return array.astype(np.float32)
 
 
@@ -80,7 +81,9 @@ def read_frame(path: str | os.PathLike, frame: int = -1) -> np.ndarray:
     """``[H, W]`` or ``[H, W, 3]`` float32 display pixels in [0, 255] of an image, a DICOM frame or a video frame.
 
     Images are read with Pillow: bilevel images become 0 / 255 grey, 16-bit and 32-bit ones are scaled by their
-    maximum to [0, 255], palette, alpha, CMYK and YCbCr images are converted to RGB.
+    maximum to [0, 255] and rounded to whole levels, palette, alpha, CMYK and YCbCr images are converted to RGB.
+    Every bundle reads still images this way, for training (BUSI, chest X-ray; POCUS through the 8-bit PNGs of
+    :func:`~monai_metalr.data.pocus_datalist`, which are exactly these pixels) and for inference.
 
     Args:
         path: the file.

@@ -328,7 +328,9 @@ def lits_datalist(
     disagrees), be one 3D volume (at least 2 voxels along each axis; a 4th dimension only of size 1) of integer or
     float voxels with a finite, non-singular affine, and image and label must have the same shape and affine.
     Voxel values (NaN, label values) are not read here: :class:`~monai_metalr.data.CheckSegmentationd` checks them
-    when a case is loaded.
+    when a case is loaded. Nor is the gzip CRC-32 of a ``.nii.gz`` (a flipped bit in the compressed voxels): that
+    needs a full decompression, about 1.1-1.4 s for a 512 x 512 x 432 int16 CT, so
+    :class:`~monai_metalr.data.LoadVolumed` checks it when it reads the voxels, at no extra cost.
 
     Args:
         dataset_dir: root folder of the dataset.

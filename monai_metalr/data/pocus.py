@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..io import atomic_path
 from .errors import BROKEN, Skipped
 from .frames import sample_frame_indices
+from .image2d import read_frame
 from .paths import check_image_size, dataset_root
 from .video import VIDEO_EXTENSIONS, read_video_frames, video_frame_info
 
@@ -252,19 +253,17 @@ def _video_frames(path: Path, folder: Path, sample_fps: float | None, max_frames
 
 
 def _image_png(path: Path, folder: Path) -> Path:
-    png = folder / "image.png"
+    """The still image as an 8-bit RGB PNG, read by :func:`~monai_metalr.data.image2d.read_frame`: the reader that
+    inference and the other bundles use, so training sees the image inference sees (a 16-bit still is scaled by its
+    maximum to [0, 255] and rounded there, never clipped at 255)."""
+    # not "image.png": earlier versions wrote that with PIL's convert("RGB"), which clips 16-bit stills to white
+    png = folder / "still.png"
     if _complete_png(png):
         return png
-    try:
-        with Image.open(path) as im:
-            n_frames = int(getattr(im, "n_frames", 1))
-            array = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
-    if n_frames > 1 and path.suffix.lower() == ".png":  # an animated PNG (a JPEG with previews, MPO, is fine)
-        raise ValueError(f"{path}: an animated PNG of {n_frames} frames; save the clip as a video (.mp4 or .gif)")
-    check_image_size(path, array.shape[0], array.shape[1])
-    _write_png(png, array)
+    array = read_frame(path)  # raises naming the file: unreadable, truncated, several frames, < 2 x 2, NaN
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    _write_png(png, np.clip(np.rint(array), 0, 255).astype(np.uint8))
     return png
 
 
@@ -297,7 +296,7 @@ def pocus_datalist(
 
     Frames: a video's frames are chosen by :func:`~monai_metalr.data.frames.sample_frame_indices` from its frame
     count and rate (:func:`~monai_metalr.data.video.video_frame_info`). Frames and still images are written as 8-bit
-    RGB PNGs to ``<frame_dir>/<probe>/<file name>-<fingerprint>/`` (``frame_000012.png`` / ``image.png``), each
+    RGB PNGs to ``<frame_dir>/<probe>/<file name>-<fingerprint>/`` (``frame_000012.png`` / ``still.png``), each
     atomically, the fingerprint being the source's size and modification time so that a replaced source is extracted
     again. A later call reuses every PNG that is complete (ends with its ``IEND`` chunk) and only decodes a video
     when some of its sampled frames are missing; the frame count and rate are kept in ``info.json`` beside them, so a

@@ -302,6 +302,7 @@ def efficientnet_lite0(
     dropout: float = 0.2,
     drop_connect_rate: float = 0.2,
     verbose: bool = True,
+    min_loaded: float = 0.5,
 ) -> EfficientNetLite0:
     """EfficientNet-Lite0, by default with its ImageNet weights, for transfer learning.
 
@@ -318,6 +319,7 @@ def efficientnet_lite0(
         dropout: dropout before the classifier.
         drop_connect_rate: stochastic depth rate, see :class:`EfficientNetLite0`.
         verbose: print the loading report.
+        min_loaded: the share of the network's values a checkpoint must fill (see ``load_pretrained``).
 
     Returns:
         The network, in training mode. Feed it images normalised with :func:`efficientnet_lite_preprocess` (or
@@ -330,9 +332,9 @@ def efficientnet_lite0(
     net = EfficientNetLite0(num_classes, in_channels, dropout, drop_connect_rate)
     report: PretrainedReport | None = None
     if pretrained is True:
-        report = load_pretrained(net, efficientnet_lite0_weights_path(), verbose=verbose)
+        report = load_pretrained(net, efficientnet_lite0_weights_path(), verbose=verbose, min_loaded=min_loaded)
     elif pretrained is not False and pretrained is not None:
-        report = load_pretrained(net, pretrained, verbose=verbose)
+        report = load_pretrained(net, pretrained, verbose=verbose, min_loaded=min_loaded)
     net.pretrained_report = report
     return net
 

@@ -98,7 +98,11 @@ def get_network(name: str, in_channels: int, out_channels: int, **kwargs: Any) -
 
 
 def get_classifier(
-    name: str, num_classes: int, in_channels: int = 3, pretrained: bool | str | os.PathLike = True
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    pretrained: bool | str | os.PathLike = True,
+    min_loaded: float = 0.5,
 ) -> nn.Module:
     """A 2D image classifier by (case-insensitive) name, optionally with pre-trained weights.
 
@@ -120,19 +124,24 @@ def get_classifier(
         num_classes: outputs (logits).
         in_channels: input channels.
         pretrained: True (EfficientNet-Lite0 only: ImageNet weights), a checkpoint path, or False.
+        min_loaded: the share of the network's values the checkpoint must fill (see ``load_pretrained``);
+            ``0`` accepts any partial load.
 
     Returns:
         The network.
 
     Raises:
-        ValueError: unknown ``name``, or ``pretrained=True`` for ``"resnet18"``.
+        ValueError: unknown ``name``, ``pretrained=True`` for ``"resnet18"``, or a checkpoint that
+            ``load_pretrained`` refuses (e.g. less than ``min_loaded`` of the network would load).
         ModuleNotFoundError: ``pretrained=True`` for EfficientNet-Lite0 without its weights package.
     """
     key = str(name).strip().lower().replace("-", "_")
     if key == "efficientnet_lite0":
         from .efficientnet_lite import efficientnet_lite0
 
-        return efficientnet_lite0(num_classes=num_classes, pretrained=pretrained, in_channels=in_channels)
+        return efficientnet_lite0(
+            num_classes=num_classes, pretrained=pretrained, in_channels=in_channels, min_loaded=min_loaded
+        )
     if key == "resnet18":
         if pretrained is True:
             raise ValueError(
@@ -145,7 +154,7 @@ def get_classifier(
         net = monai_resnet18(num_classes=num_classes, in_channels=in_channels)
         report = None
         if pretrained is not False and pretrained is not None:
-            report = load_pretrained(net, pretrained)
+            report = load_pretrained(net, pretrained, min_loaded=min_loaded)
         net.pretrained_report = report
         return net
     raise ValueError(f"get_classifier: unknown classifier {name!r}; choose one of {list(CLASSIFIER_NAMES)}")

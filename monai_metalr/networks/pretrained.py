@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..groups import unwrap_model
+from ..values import as_number
 from .resnet_weights import RESNET_NAMINGS, detect_resnet_naming, rename_resnet_state_dict
 
 __all__ = ["load_pretrained", "PretrainedReport"]
@@ -57,6 +58,9 @@ class PretrainedReport:
         shape_mismatch: keys present in both with different shapes (left as they were).
         shapes: for each ``shape_mismatch`` key, ``(file shape, model shape)``.
         n_model: number of tensors (parameters and persistent buffers) in the model's state dict.
+        n_values: number of elements of the model's state-dict tensors of at least one dimension (0-d buffers such
+            as BatchNorm's ``num_batches_tracked`` counters do not count).
+        n_loaded_values: how many of those elements the matched tensors hold; see :attr:`loaded_fraction`.
         naming: the checkpoint naming scheme the file's keys were read with (``"monai"``/``"torchvision"``: as
             they are; ``"uscl"``, ``"c2l"``: renamed to MONAI names first, so all lists above use MONAI names).
         dropped: file keys (original names) that the naming scheme leaves out as non-backbone heads, e.g. USCL's
@@ -72,6 +76,13 @@ class PretrainedReport:
     n_model: int = 0
     naming: str = "monai"
     dropped: list[str] = field(default_factory=list)
+    n_values: int = 0
+    n_loaded_values: int = 0
+
+    @property
+    def loaded_fraction(self) -> float:
+        """The share of the model's values (elements of tensors of at least one dimension) that were loaded."""
+        return self.n_loaded_values / self.n_values if self.n_values else 0.0
 
     @property
     def complete(self) -> bool:
@@ -89,7 +100,8 @@ class PretrainedReport:
         ]
         scheme = "" if self.naming in ("monai", "torchvision") else f" ({self.naming} naming)"
         text = (
-            f"loaded {len(self.matched)}/{self.n_model} tensors from {self.path}{scheme}; "
+            f"loaded {len(self.matched)}/{self.n_model} tensors ({self.loaded_fraction:.1%} of the model's "
+            f"{self.n_values:,} values) from {self.path}{scheme}; "
             f"missing: {_shorten(self.missing, limit)}; unexpected: {_shorten(self.unexpected, limit)}; "
             f"shape mismatch: {_shorten(mismatch, limit)}"
         )
@@ -225,6 +237,7 @@ def load_pretrained(
     map_location: Any = "cpu",
     verbose: bool = True,
     naming: str = "auto",
+    min_loaded: float = 0.5,
 ) -> PretrainedReport:
     """Copy the tensors of a checkpoint file into ``model`` by name, where the shapes agree.
 
@@ -237,6 +250,14 @@ def load_pretrained(
     The file is read with ``torch.load(weights_only=True)``, which cannot run code from the file (it may also hold
     ``argparse.Namespace`` objects, as training scripts save their options); a TorchScript archive
     (``torch.jit.save``, MONAI's ``ckpt_export``) is read with ``torch.jit.load`` and its state dict used.
+
+    A load that fills less than ``min_loaded`` of the model is an error, counted by elements: the matched tensors'
+    elements over all elements of the model's tensors of at least one dimension (0-d buffers such as BatchNorm's
+    ``num_batches_tracked`` do not count, nor does a tensor by itself). A checkpoint of another width matches by
+    name but not by shape almost everywhere: it would otherwise load a few counters and a bias, and training would
+    start from random weights believed pre-trained. The usual partial loads pass the default 0.5: a new classifier
+    head, another number of input channels or output classes (all above 99%). Pass ``min_loaded=0`` to accept any
+    partial load (e.g. an encoder-only checkpoint into a U-Net).
 
     ResNet checkpoints in the USCL or C2L layouts are renamed to MONAI/torchvision names first (``naming``, see
     :mod:`monai_metalr.networks.resnet_weights`); their projection heads are dropped and listed in
@@ -252,6 +273,8 @@ def load_pretrained(
         verbose: print the report's summary and log it (INFO) on the ``"monai_metalr"`` logger.
         naming: how to read the file's keys: ``"auto"`` (detect), ``"monai"`` or ``"torchvision"`` (as they are),
             ``"uscl"`` or ``"c2l"`` (rename a ResNet checkpoint of that method).
+        min_loaded: the smallest share of the model's values (by element count) that must load, in [0, 1];
+            ``0`` accepts any partial load that matches at least one tensor.
 
     Returns:
         A :class:`PretrainedReport` of matched, missing, unexpected and shape-mismatched keys (model names).
@@ -260,11 +283,15 @@ def load_pretrained(
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file cannot be read as a PyTorch checkpoint (truncated, empty, not a checkpoint, or holding
             objects ``weights_only`` refuses), holds no tensors, no tensor matches the model (likely the wrong
-            network), ``strict`` and anything is missing, unexpected or mismatched, an unknown ``naming``, or keys
+            network), less than ``min_loaded`` of the model's values would load, ``strict`` and anything is
+            missing, unexpected or mismatched, an unknown ``naming`` or a ``min_loaded`` outside [0, 1], or keys
             that do not follow an explicitly named scheme. The model is unchanged then.
     """
     if naming not in NAMINGS:
         raise ValueError(f"load_pretrained: unknown naming {naming!r}; choose one of {list(NAMINGS)}")
+    min_loaded = float(as_number("load_pretrained: min_loaded", min_loaded, minimum=0.0))
+    if min_loaded > 1.0:
+        raise ValueError(f"load_pretrained: min_loaded must be in [0, 1], got {min_loaded}")
     file = Path(path)
     if not file.exists():
         raise FileNotFoundError(f"pretrained checkpoint {file} does not exist")
@@ -294,6 +321,8 @@ def load_pretrained(
         else:
             report.matched.append(name)
     report.unexpected = [name for name in source if name not in own]
+    report.n_values = sum(t.numel() for t in own.values() if t.dim() > 0)
+    report.n_loaded_values = sum(own[name].numel() for name in report.matched if own[name].dim() > 0)
 
     if not report.matched:
         raise ValueError(
@@ -302,6 +331,13 @@ def load_pretrained(
         )
     if strict and not report.complete:
         raise ValueError(f"strict loading of {file} into {type(target).__name__} failed: {report.summary()}")
+    if report.loaded_fraction < min_loaded:
+        raise ValueError(
+            f"{file}: only {report.loaded_fraction:.1%} of {type(target).__name__}'s values would load "
+            f"({report.n_loaded_values:,} of {report.n_values:,} elements; min_loaded={min_loaded:g}), so training "
+            "would start mostly from random weights: likely a checkpoint of another width or architecture. "
+            f"{report.summary()}. Pass min_loaded=0 to accept a partial load (bundles: --pretrained_min_loaded 0)"
+        )
 
     # load_state_dict copies in place (casting dtype/device) and keeps module hooks in charge of their keys
     target.load_state_dict({name: source[name] for name in report.matched}, strict=False)
