@@ -5,7 +5,16 @@ from .meta import MetaLR, default_prepare_batch
 
 __version__ = "0.1.0"
 
-__all__ = ["MetaLR", "MetaLRHandler", "layer_groups", "param_groups", "unwrap_model", "default_prepare_batch"]
+__all__ = [
+    "MetaLR",
+    "MetaLRHandler",
+    "create_metalr_trainer",
+    "default_prepare_batch",
+    "layer_groups",
+    "metalr_training_step",
+    "param_groups",
+    "unwrap_model",
+]
 
 
 def __getattr__(name: str):
@@ -14,4 +23,8 @@ def __getattr__(name: str):
         from .handlers import MetaLRHandler
 
         return MetaLRHandler
+    if name in ("create_metalr_trainer", "metalr_training_step"):
+        from . import ignite_step
+
+        return getattr(ignite_step, name)
     raise AttributeError(f"module 'monai_metalr' has no attribute {name!r}")

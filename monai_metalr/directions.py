@@ -8,6 +8,8 @@ only into caller-provided buffers (views of one flat tensor), so no parameter-si
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any, Union
 
@@ -15,6 +17,9 @@ import torch
 from torch import Tensor
 
 __all__ = ["Direction", "make_direction"]
+
+#: optimizers whose direction ``lookahead="optimizer"`` computes exactly (others fall back to the raw gradient)
+EXACT_OPTIMIZERS = ("SGD", "Adam", "AdamW", "monai.optimizers.Novograd")
 
 Scalars = Union[list[float], list[Tensor]]
 
@@ -42,6 +47,8 @@ class Direction:
 
     #: whether :meth:`write_` needs a parameter-sized scratch list (Adam's denominator does)
     needs_scratch = False
+    #: the ``lookahead`` this rule implements (``"sgd"`` also when ``"optimizer"`` fell back to it)
+    lookahead = "optimizer"
 
     def __init__(self, optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> None:
         self.optimizer = optimizer
@@ -102,6 +109,8 @@ class Direction:
 
 class GradientDirection(Direction):
     """``lookahead="sgd"``: u is the raw gradient."""
+
+    lookahead = "sgd"
 
     def _write_bucket(self, key, idx, out, scratch):
         torch._foreach_copy_(out, self._grads(idx))
@@ -263,8 +272,84 @@ class AdamDirection(Direction):
         torch._foreach_mul_(scratch, v)
 
 
+class NovogradDirection(Direction):
+    """``monai.optimizers.Novograd``: ``u = b1*m + c*(g/D + wd*theta)``, ``c = 1 - b1`` with ``grad_averaging``
+    (else 1), and no bias correction.
+
+    Novograd's second moment is one number per parameter tensor (its "layer"): ``D = sqrt(v_new) + eps`` with
+    ``v_new = n`` where ``v == 0`` (its first step) and ``b2*v + (1-b2)*n`` elsewhere, ``n = |g|^2`` (``max`` with
+    the running maximum under amsgrad). Weight decay is added after the division, so it is not normalised. The
+    per-tensor numbers are stacked into one short vector, so the work stays a fixed number of kernels.
+    """
+
+    def _group_key(self, group):
+        beta1, beta2 = (_scalar(b) for b in group["betas"])
+        return (
+            beta1,
+            beta2,
+            _scalar(group["eps"]),
+            _scalar(group["weight_decay"]),
+            bool(group["grad_averaging"]),
+            bool(group.get("amsgrad", False)),
+        )
+
+    def _state_key(self, state):
+        # Novograd keeps v in the dtype it was created with (the default dtype, even for a float64 network, until
+        # a load_state_dict casts it): D must be rounded the same way to be the step's own denominator
+        if not state:
+            return (False, torch.get_default_dtype())
+        return (True, state["exp_avg_sq"].dtype)
+
+    def _denominators(self, key, idx) -> list[Tensor]:
+        """``D`` for each parameter of the bucket: 0-d tensors, in the dtype of Novograd's ``exp_avg_sq``."""
+        _beta1, beta2, eps, _wd, _averaging, amsgrad, (has_state, dtype) = key
+        # |g|^2 from the multi-tensor norm: one kernel for the bucket, no parameter-sized temporary
+        n = torch.stack(torch._foreach_norm(self._grads(idx))).square()
+        if has_state:
+            state = [self.optimizer.state[self.params[i]] for i in idx]
+            v = torch.stack([s["exp_avg_sq"] for s in state])
+            # the same ops in the same dtypes as Novograd's in-place update, so v_new is its value to the bit
+            v_new = torch.where(v == 0, n.to(dtype), v.mul(beta2).add_(n, alpha=1.0 - beta2))
+            if amsgrad:
+                v_new = torch.maximum(v_new, torch.stack([s["max_exp_avg_sq"] for s in state]))
+        else:  # first step: v starts at 0 and is set to n (and the running maximum of n is n)
+            v_new = n.to(dtype)
+        return list(v_new.sqrt().add_(eps).unbind())
+
+    def _write_bucket(self, key, idx, out, scratch):
+        beta1, _beta2, _eps, wd, averaging, _amsgrad, (has_state, _dtype) = key
+        torch._foreach_copy_(out, self._grads(idx))
+        torch._foreach_div_(out, self._denominators(key, idx))
+        if wd:
+            torch._foreach_add_(out, self._params(idx), alpha=wd)
+        if averaging:
+            torch._foreach_mul_(out, 1.0 - beta1)
+        if has_state and beta1:
+            torch._foreach_add_(out, [self.optimizer.state[self.params[i]]["exp_avg"] for i in idx], alpha=beta1)
+
+    def _product_bucket(self, key, idx, v, scratch):
+        self._write_bucket(key, idx, scratch, [])
+        torch._foreach_mul_(scratch, v)
+
+
+def _monai_novograd() -> type | None:
+    """MONAI's Novograd class if MONAI has loaded it (an optimizer of that type implies it has), without importing
+    MONAI here: this module stays pure torch."""
+    return getattr(sys.modules.get("monai.optimizers.novograd"), "Novograd", None)
+
+
 def make_direction(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], lookahead: str) -> Direction:
-    """The direction rule for ``lookahead`` ("optimizer" or "sgd") and this optimizer."""
+    """The direction rule for ``lookahead`` and this optimizer.
+
+    Args:
+        optimizer: the optimizer whose next step u describes.
+        params: the parameters, in MetaLR's flat order.
+        lookahead: ``"optimizer"``: the exact direction of SGD, Adam, AdamW or MONAI's Novograd; for any other
+            optimizer a ``UserWarning`` and the raw gradient. ``"sgd"``: the raw gradient, silently.
+
+    Raises:
+        ValueError: an unknown ``lookahead``.
+    """
     if lookahead == "sgd":
         return GradientDirection(optimizer, params)
     if lookahead != "optimizer":
@@ -275,7 +360,18 @@ def make_direction(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], l
         return AdamDirection(optimizer, params)
     if isinstance(optimizer, torch.optim.SGD):
         return SGDDirection(optimizer, params)
-    raise ValueError(
-        f"lookahead='optimizer' supports SGD, Adam and AdamW, not {type(optimizer).__name__}; "
-        "use lookahead='sgd' to look ahead along the raw gradient"
+    novograd = _monai_novograd()
+    if novograd is not None and isinstance(optimizer, novograd):
+        return NovogradDirection(optimizer, params)
+    name = type(optimizer).__name__
+    # a usable approximation rather than an error: h is then exact for a plain SGD step, which still ranks the
+    # groups' LRs; the user learns that it is not the step taken, and how to say that this is intended
+    warnings.warn(
+        f"MetaLR: lookahead='optimizer' has no exact direction for {name} (it has for "
+        f"{', '.join(EXACT_OPTIMIZERS)}); looking ahead along the raw gradient instead, so h is the hypergradient "
+        f"of a plain gradient step, not of {name}'s step. Pass lookahead='sgd' to choose this and silence this "
+        "warning.",
+        UserWarning,
+        stacklevel=3,
     )
+    return GradientDirection(optimizer, params)

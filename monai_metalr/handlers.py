@@ -1,4 +1,5 @@
-"""MetaLRHandler: attach MetaLR to a MONAI ``SupervisedTrainer`` (or any engine firing ``BACKWARD_COMPLETED``)."""
+"""MetaLRHandler: attach MetaLR to a MONAI ``SupervisedTrainer``, or to a plain Ignite trainer made by
+:func:`monai_metalr.create_metalr_trainer` (any engine firing ``BACKWARD_COMPLETED`` between backward and step)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from monai.engines.utils import IterationEvents
 from monai.utils import min_version, optional_import
 
 from .analysis.lr_curves import plot_lr_curves, write_lr_csv
-from .meta import MetaLR
+from .distributed import is_main_process
+from .ignite_step import MetaLRTrainingStep
+from .meta import MetaLR, check_options
+from .values import as_bool
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
@@ -21,6 +25,25 @@ else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
 __all__ = ["MetaLRHandler"]
+
+#: what to do with an engine MetaLRHandler cannot drive (ends both of its errors about the engine)
+_ENGINE_HINT = (
+    "use monai.engines.SupervisedTrainer; for a plain Ignite trainer build it with "
+    "monai_metalr.create_metalr_trainer(model, optimizer, loss_fn, meta_loader, ...) in place of "
+    "ignite.engine.create_supervised_trainer, or Engine(monai_metalr.metalr_training_step(model, optimizer, loss_fn)) "
+    "in place of supervised_training_step; in your own loop call MetaLR.step() between loss.backward() and "
+    "optimizer.step()"
+)
+
+
+def _data_objects(loader: Any) -> set[int]:
+    """Ids of a loader, the dataset it wraps and that dataset's data list: two loaders sharing one of them
+    yield the same samples. (A ``Subset`` is its own dataset: two disjoint subsets of one dataset do not match.)"""
+    objects = [loader, getattr(loader, "dataset", None)]
+    data = getattr(objects[1], "data", None)
+    if isinstance(data, (list, tuple)):  # MONAI's Dataset / CacheDataset keep the datalist they were built on
+        objects.append(data)
+    return {id(o) for o in objects if o is not None}
 
 
 class MetaLRHandler:
@@ -46,17 +69,29 @@ class MetaLRHandler:
     of every epoch (atomically); with ``summary_writer`` or ``log_dir`` every meta step is logged to
     TensorBoard as ``metalr/lr/<group>``, ``metalr/multiplier/<group>`` and ``metalr/hypergrad/<group>``.
 
+    The handler's own arguments and ``metalr_kwargs`` are checked when it is built (numbers, pairs and booleans
+    given as strings, as a command line gives them, are converted; see :func:`monai_metalr.meta.check_options`),
+    so a config error shows before a bundle caches its datasets. A ``meta_loader`` that is the training loader
+    (or wraps the same dataset or datalist) gets a warning when the engine starts: the meta loss must be
+    measured on held-out data.
+
     Args:
         meta_loader: held-out batches (a validation split); cycled across epochs.
         loss_function: meta loss; default the engine's ``loss_function``.
-        output_dir: folder for the LR CSV and plot; ``None`` writes nothing.
-        summary_writer: a TensorBoard ``SummaryWriter`` to log to.
-        log_dir: create a ``SummaryWriter`` here if ``summary_writer`` is not given.
+        output_dir: folder for the LR CSV and plot; ``None`` writes nothing. Under ``torch.distributed`` only
+            rank 0 writes (every rank holds the same LRs), so every rank can be given the same configuration.
+        summary_writer: a TensorBoard ``SummaryWriter`` to log to (rank 0 only).
+        log_dir: create a ``SummaryWriter`` here if ``summary_writer`` is not given (rank 0 only).
         state_prefix: prefix of the per-group attributes put on ``engine.state``.
         epoch_level_files: write CSV/PNG at every epoch end (else only when training completes).
         metalr_kwargs: passed to :class:`~monai_metalr.MetaLR` (``hyper_lr``, ``update``, ``multiplier_bounds``,
-            ``interval``, ``lookahead``, ``fixed_groups``, ``fixed_epochs``, ``seed``, ``preserve_rng``); the
-            defaults need no tuning.
+            ``interval``, ``lookahead``, ``fixed_groups``, ``fixed_epochs``, ``seed``, ``preserve_rng``,
+            ``dist_timeout``); the defaults need no tuning.
+
+    Raises:
+        ValueError: naming the argument and value: an option MetaLR does not have, one it takes from the engine
+            (``model``, ``optimizer``, ``prepare_batch``, ``scaler``, ``autocast_kwargs``), a value that is not
+            a valid number, pair, boolean or name (an unknown ``update``/``lookahead``), or an empty meta loader.
 
     Example (bundle config)::
 
@@ -78,6 +113,11 @@ class MetaLRHandler:
         for reserved in ("model", "optimizer", "prepare_batch", "scaler", "autocast_kwargs"):
             if reserved in metalr_kwargs:
                 raise ValueError(f"MetaLRHandler takes {reserved!r} from the engine; do not pass it")
+        # now, not at Events.STARTED: a bundle builds its handlers before it caches datasets and trains
+        metalr_kwargs = check_options(metalr_kwargs)
+        epoch_level_files = as_bool("epoch_level_files", epoch_level_files)
+        if hasattr(meta_loader, "__len__") and len(meta_loader) == 0:  # type: ignore[arg-type]
+            raise ValueError("MetaLRHandler: meta_loader is empty; MetaLR needs held-out batches")
         self.meta_loader = meta_loader
         self.loss_function = loss_function
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -89,6 +129,7 @@ class MetaLRHandler:
         self.meta: MetaLR | None = None
         self._pending_state: Mapping | None = None
         self._logged_rows = 0
+        self._checked_training_data = False
         self.logger = logging.getLogger("monai_metalr.MetaLRHandler")
 
     @property
@@ -102,12 +143,17 @@ class MetaLRHandler:
         (MONAI workflows attach ``train_handlers`` before they set ``network`` and ``optimizer``.)
 
         Raises:
-            ValueError: the engine fires no ``BACKWARD_COMPLETED`` event, or the meta loader is empty.
+            ValueError: the engine fires no ``BACKWARD_COMPLETED`` event (the message says what to use instead).
         """
+        step = getattr(engine, "_process_function", None)
+        if isinstance(step, MetaLRTrainingStep):  # Engine(metalr_training_step(...)): give it what we read
+            step.setup(engine)
         if IterationEvents.BACKWARD_COMPLETED not in engine._allowed_events:
-            raise ValueError("MetaLRHandler needs an engine that fires IterationEvents.BACKWARD_COMPLETED")
-        if hasattr(self.meta_loader, "__len__") and len(self.meta_loader) == 0:  # type: ignore[arg-type]
-            raise ValueError("MetaLRHandler: meta_loader is empty; MetaLR needs held-out batches")
+            raise ValueError(
+                f"MetaLRHandler needs an engine that fires IterationEvents.BACKWARD_COMPLETED between loss.backward() "
+                f"and optimizer.step(), and {type(engine).__name__} does not: {_ENGINE_HINT}"
+            )
+        self._warn_if_training_data(getattr(engine, "data_loader", None))
         engine.add_event_handler(Events.STARTED, self._build)
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._backward_completed)
@@ -117,18 +163,23 @@ class MetaLRHandler:
 
     def _build(self, engine: Engine) -> None:
         """Create the :class:`MetaLR` from the engine's network, optimizer, loss and batch preparation."""
+        self._warn_if_training_data(getattr(engine.state, "dataloader", None))
         if self.meta is not None:  # a second run() of the same engine keeps the learned state
             return
-        for attr in ("network", "optimizer"):
-            if getattr(engine, attr, None) is None:
-                raise ValueError(f"MetaLRHandler needs a trainer with .{attr} (e.g. monai.engines.SupervisedTrainer)")
+        missing = [a for a in ("network", "optimizer", "prepare_batch") if getattr(engine, a, None) is None]
+        if missing:
+            raise ValueError(
+                f"MetaLRHandler reads network, optimizer, loss_function and prepare_batch(batch, device, "
+                f"non_blocking) from the engine; this {type(engine).__name__} has no {', '.join(missing)}: {_ENGINE_HINT}"
+            )
         loss_function = self.loss_function or getattr(engine, "loss_function", None)
         if loss_function is None:
             raise ValueError("MetaLRHandler: pass loss_function=, the engine has none")
         amp = bool(getattr(engine, "amp", False)) and getattr(engine, "scaler", None) is not None
+        non_blocking, to_kwargs = bool(getattr(engine, "non_blocking", False)), getattr(engine, "to_kwargs", None) or {}
 
         def prepare_batch(batch: Any, device: Any) -> tuple:
-            return engine.prepare_batch(batch, device, engine.non_blocking, **engine.to_kwargs)
+            return engine.prepare_batch(batch, device, non_blocking, **to_kwargs)
 
         self.meta = MetaLR(
             engine.network,
@@ -143,6 +194,18 @@ class MetaLRHandler:
         if self._pending_state is not None:
             self.meta.load_state_dict(self._pending_state)
             self._pending_state = None
+
+    def _warn_if_training_data(self, train_loader: Any) -> None:
+        """Warn (once) when the meta loader yields the training loader's samples."""
+        if self._checked_training_data or train_loader is None:
+            return
+        self._checked_training_data = True
+        if _data_objects(self.meta_loader) & _data_objects(train_loader):
+            self.logger.warning(
+                "MetaLRHandler: meta_loader is the training data loader, or wraps the same dataset or datalist; the "
+                "meta loss must be measured on held-out data (a split used neither for training nor for choosing "
+                "the best model), or MetaLR tunes the LRs to fit the training batches"
+            )
 
     # -------------------------------------------------------------- events
     def _epoch_started(self, engine: Engine) -> None:
@@ -202,8 +265,9 @@ class MetaLRHandler:
 
     # -------------------------------------------------------------- outputs
     def write_outputs(self) -> dict[str, Path]:
-        """Write ``metalr_lr.csv`` and ``metalr_lr.png`` into ``output_dir`` (if set); returns their paths."""
-        if self.output_dir is None or self.meta is None:
+        """Write ``metalr_lr.csv`` and ``metalr_lr.png`` into ``output_dir`` (if set, on the main process);
+        returns their paths."""
+        if self.output_dir is None or self.meta is None or not is_main_process():
             return {}
         history = self.meta.history
         paths = {"csv": write_lr_csv(history, self.meta.group_names, self.output_dir / "metalr_lr.csv")}
@@ -212,7 +276,7 @@ class MetaLRHandler:
         return paths
 
     def _log_tensorboard(self) -> None:
-        if self.summary_writer is None and self.log_dir is None:
+        if (self.summary_writer is None and self.log_dir is None) or not is_main_process():
             return
         if self.summary_writer is None:
             from torch.utils.tensorboard import SummaryWriter

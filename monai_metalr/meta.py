@@ -32,18 +32,87 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .directions import make_direction
+from .distributed import check_ranks_agree
 from .flat import FlatLayout
 from .groups import optimizer_group_names, unwrap_model
-from .hyper_updates import HyperUpdate, make_hyper_update
+from .hyper_updates import HYPER_UPDATES, HyperUpdate, make_hyper_update
 from .stream import MetaBatchStream
-from .values import as_number, as_pair
+from .values import as_bool, as_names, as_number, as_pair
 
-__all__ = ["DEFAULT_HYPER_LR", "DEFAULT_MULTIPLIER_BOUNDS", "MetaLR", "default_prepare_batch"]
+__all__ = [
+    "DEFAULT_HYPER_LR",
+    "DEFAULT_MULTIPLIER_BOUNDS",
+    "LOOKAHEADS",
+    "MetaLR",
+    "check_options",
+    "default_prepare_batch",
+]
 
 #: the default step size of the default ``log_adam`` rule: at most a 1% LR change per meta step
 DEFAULT_HYPER_LR = 0.01
 #: the default range of a learned multiplier m_j (the LR used is ``s_j(t) * m_j``)
 DEFAULT_MULTIPLIER_BOUNDS = (0.01, 100.0)
+#: Seconds MetaLR waits, under torch.distributed, for every rank to build the same MetaLR (data caching before the
+#: trainer starts differs between ranks by much less than this).
+DEFAULT_DIST_TIMEOUT = 300.0
+#: the values of MetaLR's ``lookahead``
+LOOKAHEADS = ("optimizer", "sgd")
+
+
+def _choice(options: Sequence[str]) -> Callable[[str, Any], str]:
+    def check(name: str, value: Any) -> str:
+        if not isinstance(value, str) or value not in options:
+            raise ValueError(f"unknown {name} {value!r}; use one of {sorted(options)}")
+        return value
+
+    return check
+
+
+def _bounds(name: str, value: Any) -> tuple[float, float]:
+    lo, hi = as_pair(name, value)
+    if not 0.0 < lo < 1.0 < hi:
+        raise ValueError(f"{name} must satisfy 0 < low < 1 < high (every multiplier starts at 1), got {(lo, hi)}")
+    return lo, hi
+
+
+#: MetaLR's options that can be checked without the model, and their checks
+_OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "hyper_lr": lambda n, v: as_number(n, v, minimum=0.0),
+    "update": _choice(tuple(HYPER_UPDATES)),
+    "multiplier_bounds": _bounds,
+    "interval": lambda n, v: as_number(n, v, int, minimum=1),
+    "lookahead": _choice(LOOKAHEADS),
+    "fixed_groups": as_names,
+    "fixed_epochs": lambda n, v: as_number(n, v, int, minimum=0),
+    "seed": lambda n, v: None if v is None else as_number(n, v, int),
+    "preserve_rng": as_bool,
+    "dist_timeout": lambda n, v: as_number(n, v, minimum=1.0),
+}
+
+
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """MetaLR's keyword options checked and converted, before any model exists (:class:`MetaLRHandler` calls it
+    when it is built, so a bundle's config errors show before its datasets are cached).
+
+    Numbers, pairs, booleans and name lists may be strings, as a command-line override gives them: ``"1e-4"``,
+    ``"[0.01, 100]"`` or ``"0.01,100"``, ``"5"``, ``"False"``/``"no"``, ``"stem,head"``.
+
+    Args:
+        options: any of ``hyper_lr``, ``update``, ``multiplier_bounds``, ``interval``, ``lookahead``,
+            ``fixed_groups``, ``fixed_epochs``, ``seed``, ``preserve_rng``, ``dist_timeout``.
+
+    Returns:
+        the same keys with checked values (``float``, ``int``, ``tuple``, ``bool``, ``list``).
+
+    Raises:
+        ValueError: naming the option and its value: an unknown option, a value that is not a number (or not a
+            finite, integer or non-negative one where needed), ``multiplier_bounds`` not ``0 < low < 1 < high``, an
+            unknown ``update``/``lookahead`` name, a boolean that is not true/false/yes/no/on/off/1/0.
+    """
+    unknown = sorted(set(options) - set(_OPTION_CHECKS))
+    if unknown:
+        raise ValueError(f"unknown MetaLR option(s) {unknown}; the options are {sorted(_OPTION_CHECKS)}")
+    return {name: _OPTION_CHECKS[name](name, value) for name, value in options.items()}
 
 
 def default_prepare_batch(batch: Any, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -135,7 +204,9 @@ class MetaLR:
 
     Args:
         model: the network being trained (DDP / ``torch.compile`` wrappers are seen through).
-        optimizer: ``SGD``, ``Adam`` or ``AdamW`` for ``lookahead="optimizer"``; any optimizer for ``"sgd"``.
+        optimizer: any torch optimizer with one param group per layer group. ``lookahead="optimizer"`` follows
+            the exact next step of ``SGD``, ``Adam``, ``AdamW`` and MONAI's ``Novograd``; for any other optimizer it
+            warns once and uses the raw gradient (``lookahead="sgd"``, which says so without a warning).
         meta_loader: held-out batches (a split that neither training nor model selection uses); cycled,
             reproducibly shuffled.
         loss_function: ``loss_function(pred, target)``; its mean is the meta loss.
@@ -151,7 +222,8 @@ class MetaLR:
         interval: run the meta step every ``interval`` optimizer steps (cost about ``1 + 1/interval`` passes);
             the learned multipliers apply to every step.
         lookahead: ``"optimizer"``: the real optimizer's direction (momentum, Nesterov, weight decay, Adam
-            moments and bias correction); ``"sgd"``: the raw gradient.
+            moments and bias correction, Novograd's per-tensor moments); ``"sgd"``: the raw gradient.
+            :attr:`lookahead` holds the one in use.
         fixed_groups: names of groups whose multiplier is held for the first ``fixed_epochs`` epochs
             (``None`` with ``fixed_epochs > 0`` holds all groups: a warm-up).
         fixed_epochs: number of epochs (counted by :meth:`set_epoch`) during which ``fixed_groups`` are held.
@@ -163,11 +235,18 @@ class MetaLR:
         seed: base seed of the meta-batch shuffling (default ``torch.initial_seed()``).
         preserve_rng: run the meta forward on forked RNG states (CPU and the parameters' device), so dropout,
             stochastic depth and augmentation draws of training are the same as without MetaLR.
+        dist_timeout: under ``torch.distributed``, seconds to wait, when MetaLR is built, for every other rank to
+            build the same MetaLR (:func:`monai_metalr.distributed.check_ranks_agree`): a rank without it, or with
+            other layer groups or settings, is an error then instead of a hang in the hypergradient's all-reduce.
+
+    Numbers, pairs, booleans and group names may be given as strings (a command line gives them so); see
+    :func:`check_options`.
 
     Raises:
         ValueError: an optimizer with one param group, a parameter in no group or in two, an unknown
             ``update``/``lookahead``, a non-numeric, non-finite or negative ``hyper_lr``, ``multiplier_bounds``
-            that do not contain 1, an unknown fixed group, or an empty meta loader.
+            that do not contain 1, a ``preserve_rng`` that is not a boolean, an unknown fixed group, or an empty
+            meta loader.
     """
 
     def __init__(
@@ -188,14 +267,24 @@ class MetaLR:
         autocast_kwargs: dict | None = None,
         seed: int | None = None,
         preserve_rng: bool = True,
+        dist_timeout: float = DEFAULT_DIST_TIMEOUT,
     ) -> None:
-        hyper_lr = as_number("hyper_lr", hyper_lr, minimum=0.0)
-        lo, hi = as_pair("multiplier_bounds", multiplier_bounds)
-        if not 0.0 < lo < 1.0 < hi:
-            raise ValueError(
-                f"multiplier_bounds must satisfy 0 < low < 1 < high (every multiplier starts at 1), got {(lo, hi)}"
-            )
-        interval = as_number("interval", interval, int, minimum=1)
+        checked = check_options(
+            {
+                "hyper_lr": hyper_lr,
+                "update": update,
+                "multiplier_bounds": multiplier_bounds,
+                "interval": interval,
+                "lookahead": lookahead,
+                "fixed_groups": fixed_groups,
+                "fixed_epochs": fixed_epochs,
+                "seed": seed,
+                "preserve_rng": preserve_rng,
+                "dist_timeout": dist_timeout,
+            }
+        )
+        hyper_lr, update, (lo, hi) = checked["hyper_lr"], checked["update"], checked["multiplier_bounds"]
+        interval, lookahead, fixed_groups = checked["interval"], checked["lookahead"], checked["fixed_groups"]
         self.model = model
         self.module = unwrap_model(model)
         self.optimizer = optimizer
@@ -204,16 +293,17 @@ class MetaLR:
         self.loss_function = loss_function
         self.rule: HyperUpdate = make_hyper_update(update, hyper_lr, len(self.group_names))
         self.hyper_lr, self.update, self.multiplier_bounds = hyper_lr, update, (lo, hi)
-        self.interval, self.lookahead = interval, lookahead
+        # the rule in use: "sgd" also where "optimizer" fell back to it for an optimizer without an exact rule
+        self.interval, self.lookahead = interval, self.direction.lookahead
         self.prepare_batch = prepare_batch or default_prepare_batch
         self.scaler, self.autocast_kwargs = scaler, autocast_kwargs
-        self.preserve_rng = bool(preserve_rng)
+        self.preserve_rng = checked["preserve_rng"]
         unknown = sorted(set(fixed_groups or ()) - set(self.group_names))
         if unknown:
             raise ValueError(f"fixed_groups {unknown} are not layer groups; groups are {self.group_names}")
         self.fixed_groups = list(self.group_names if fixed_groups is None else fixed_groups)
-        self.fixed_epochs = as_number("fixed_epochs", fixed_epochs, int, minimum=0)
-        self.stream = MetaBatchStream(meta_loader, seed)
+        self.fixed_epochs = checked["fixed_epochs"]
+        self.stream = MetaBatchStream(meta_loader, checked["seed"])
 
         self.params: list[Tensor] = list(self.direction.params)
         names = {id(p): n for n, p in self.module.named_parameters()}
@@ -252,6 +342,19 @@ class MetaLR:
             optimizer.register_step_post_hook(self._restore_schedule),
         ]
         self.set_epoch(0)
+        check_ranks_agree(self._description(), checked["dist_timeout"])
+
+    def _description(self) -> dict[str, Any]:
+        """What every rank's MetaLR must share: its groups, their sizes and the settings of the update."""
+        return {
+            "groups": self.group_names,
+            "group_sizes": [sum(p.numel() for p in g["params"]) for g in self.optimizer.param_groups],
+            "update": self.update,
+            "hyper_lr": self.hyper_lr,
+            "multiplier_bounds": list(self.multiplier_bounds),
+            "interval": self.interval,
+            "lookahead": self.lookahead,
+        }
 
     # ------------------------------------------------------------------ state
     @property

@@ -6,7 +6,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["as_number", "as_pair"]
+__all__ = ["as_bool", "as_names", "as_number", "as_pair"]
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
 
 
 def as_number(name: str, value: Any, kind: type = float, minimum: float | None = None) -> float | int:
@@ -18,6 +21,16 @@ def as_number(name: str, value: Any, kind: type = float, minimum: float | None =
     """
     if isinstance(value, bool):
         raise ValueError(f"{name} must be a number, got {value!r}")
+    if kind is int and isinstance(value, (int, str)):
+        # exactly, when it is written as an integer: a float would round seeds above 2**53
+        try:
+            number = int(value.strip()) if isinstance(value, str) else int(value)
+        except ValueError:
+            pass  # "1e3", "5.0": checked as a float below
+        else:
+            if minimum is not None and number < minimum:
+                raise ValueError(f"{name} must be >= {minimum:g}, got {value!r}")
+            return number
     try:
         number = float(value.strip()) if isinstance(value, str) else float(value)
     except (TypeError, ValueError):
@@ -31,12 +44,55 @@ def as_number(name: str, value: Any, kind: type = float, minimum: float | None =
     return int(number) if kind is int else number
 
 
+def _split(text: str) -> list[str]:
+    """The items of ``"[a, b]"``, ``"(a, b)"``, ``"a,b"`` or ``"a b"`` (quotes around an item are dropped)."""
+    text = text.strip()
+    if text[:1] + text[-1:] in ("[]", "()"):
+        text = text[1:-1]
+    items = text.split(",") if "," in text else text.split()
+    return [item.strip().strip("'\"") for item in items]
+
+
 def as_pair(name: str, value: Any) -> tuple[float, float]:
-    """``(low, high)`` from a two-item sequence of numbers (or numeric strings).
+    """``(low, high)`` from a two-item sequence of numbers (or numeric strings), or from a string such as
+    ``"[0.01, 100]"``, ``"0.01,100"`` or ``"0.01 100"`` (a command line gives these).
 
     Raises:
-        ValueError: ``value`` is not a pair of finite numbers.
+        ValueError: naming ``name``: ``value`` is not a pair of finite numbers.
     """
-    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
+    items = _split(value) if isinstance(value, str) else value
+    if not isinstance(items, Sequence) or isinstance(items, str) or len(items) != 2:
         raise ValueError(f"{name} must be a pair (low, high), got {value!r}")
-    return as_number(f"{name}[0]", value[0]), as_number(f"{name}[1]", value[1])
+    return as_number(f"{name}[0]", items[0]), as_number(f"{name}[1]", items[1])
+
+
+def as_bool(name: str, value: Any) -> bool:
+    """``value`` as a bool: ``True``/``False``, ``0``/``1``, or a string ``true/false``, ``yes/no``, ``on/off``,
+    ``1/0`` in any case (``bool("False")`` is True, so strings are never passed to ``bool``).
+
+    Raises:
+        ValueError: naming ``name``: anything else.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def as_names(name: str, value: Any) -> list[str] | None:
+    """``None``, or a list of names from a sequence of strings or from one string (``"head"``, ``"stem,head"``,
+    ``"['stem', 'head']"``); a plain string is never split into its characters.
+
+    Raises:
+        ValueError: naming ``name``: not ``None``, a string or a sequence of strings.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [item for item in _split(value) if item]
+    if not isinstance(value, Sequence) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"{name} must be a list of names, got {value!r}")
+    return list(value)

@@ -1,4 +1,6 @@
-"""The config snippet in docs/bundle_integration.md, merged into a small bundle config, trains for real."""
+"""The override shown in docs/bundle_integration.md is exactly what ``add_to_bundle`` writes for a bundle in the shape
+of the model zoo's spleen_ct_segmentation; tests/test_add_to_bundle.py trains that bundle with it through
+``python -m monai.bundle run``, so the page cannot drift from the code."""
 
 from __future__ import annotations
 
@@ -6,65 +8,24 @@ import json
 import re
 from pathlib import Path
 
-import torch
-from monai.bundle import ConfigParser
-
-from monai_metalr.analysis import read_lr_csv
+from monai_metalr.add_to_bundle import plan_override
+from zoo_bundles import write_spleen_like
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bundle_integration.md"
 
-BASE = {
-    "imports": ["$import torch"],
-    "output_dir": "",
-    "device": "$torch.device('cpu')",
-    "network": {"_target_": "monai.networks.nets.resnet10", "spatial_dims": 2, "n_input_channels": 1,
-                "num_classes": 2},
-    "loss": {"_target_": "torch.nn.CrossEntropyLoss"},
-    "optimizer": {"_target_": "torch.optim.Adam", "params": "$@network.parameters()", "lr": 1e-3},
-    "data": "$[{'image': torch.randn(1, 16, 16), 'label': torch.tensor(i % 2)} for i in range(12)]",
-    "validate": {"dataloader": {"_target_": "DataLoader", "dataset": "@data", "batch_size": 4, "shuffle": True}},
-    "train": {
-        "dataloader": {"_target_": "DataLoader", "dataset": "@data", "batch_size": 4},
-        "handlers": [{"_target_": "StatsHandler", "iteration_log": False}],
-        "trainer": {
-            "_target_": "SupervisedTrainer",
-            "device": "@device",
-            "max_epochs": 2,
-            "train_data_loader": "@train#dataloader",
-            "network": "@network",
-            "optimizer": "@optimizer",
-            "loss_function": "@loss",
-            "train_handlers": "@train#handlers",
-        },
-    },
-}
 
-
-def _snippet() -> dict:
+def _blocks() -> tuple[dict, dict]:
     text = DOC.read_text()
     block = re.search(r"<!-- metalr-snippet:start -->\s*```json\n(.*?)```", text, re.S)
     assert block, f"{DOC} lost its marked snippet"
-    return json.loads(block.group(1))
+    multi = re.search(r'```json\n\s*(\{"train#trainer#train_handlers".*?\})\n\s*```', text, re.S)
+    assert multi, f"{DOC} lost its multi-GPU override"
+    return json.loads(block.group(1)), json.loads(multi.group(1))
 
 
-def test_documented_snippet_trains_inside_a_bundle(tmp_path):
-    config = json.loads(json.dumps(BASE))
-    config["output_dir"] = str(tmp_path)
-    for key, value in _snippet().items():
-        if key.endswith("+"):
-            parent, child = key[:-1].split("#")
-            config[parent][child] += value
-        elif key == "imports":
-            config["imports"] += value
-        else:
-            config[key] = value
-    parser = ConfigParser(config)
-    torch.manual_seed(0)
-    trainer = parser.get_parsed_content("train#trainer")
-    trainer.run()
-    handler = parser.get_parsed_content("metalr")
-    assert handler.meta.group_names[0] == "stem" and handler.meta.group_names[-1] == "head"
-    assert len(trainer.optimizer.param_groups) == len(handler.meta.group_names) == 6
-    history, groups = read_lr_csv(tmp_path / "metalr_lr.csv")
-    assert groups == handler.meta.group_names and len(history["step"]) == 6
-    assert (tmp_path / "metalr_lr.png").stat().st_size > 0
+def test_documented_override_is_what_add_to_bundle_writes(tmp_path):
+    root = write_spleen_like(tmp_path / "bundle", tmp_path / "data", n_cases=0)
+    plan = plan_override(root, preview=False)
+    single, multi = _blocks()
+    assert single == plan.override
+    assert multi == plan.multi_gpu_override

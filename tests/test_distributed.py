@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from ddp_metalr_run import LOCAL_BATCH, META_SEED, META_SIZE, STEPS, WORLD, make_data, make_model, train
 
@@ -60,3 +62,21 @@ def test_ddp_ranks_agree_and_match_one_process(tmp_path):
     torch.testing.assert_close(ranks[0]["lr"], single["lr"], rtol=1e-9, atol=0)
     torch.testing.assert_close(ranks[0]["weights"], single["weights"], rtol=1e-9, atol=1e-12)
     assert (single["lr"][-1] != single["lr"][0]).all()  # the LRs did move
+
+
+@pytest.mark.parametrize("mode", ["groups", "missing"])
+def test_ranks_that_disagree_fail_within_the_timeout(tmp_path, mode):
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(HERE / "ddp_check_run.py"), "--mode", mode, "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=HERE,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert time.monotonic() - start < 60
+    rank0 = (tmp_path / "rank0.txt").read_text()
+    if mode == "groups":
+        assert "MetaLR differs between ranks (group_sizes: [" in rank0 and "on rank 0" in rank0 and "on rank 1" in rank0
+        assert (tmp_path / "rank1.txt").read_text().startswith("MetaLR differs between ranks")
+    else:
+        assert rank0.startswith("MetaLR on rank 0 waited 3 s for rank(s) [1] of 2, which built no MetaLR")

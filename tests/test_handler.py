@@ -132,3 +132,63 @@ def test_compiled_network_in_trainer():
     trainer.run()
     assert handler.meta.module is net and handler.meta.param_names[0] == "stem.0.weight"
     assert len(handler.meta.history["step"]) == 2
+
+
+def test_arguments_from_a_command_line_are_converted_when_the_handler_is_built():
+    handler = MetaLRHandler(
+        _meta_loader(), hyper_lr="1e-4", multiplier_bounds="[0.05, 20]", interval="2", fixed_groups="head",
+        fixed_epochs="1", seed="7", preserve_rng="False", epoch_level_files="no",
+    )
+    assert handler.metalr_kwargs == {
+        "hyper_lr": 1e-4, "multiplier_bounds": (0.05, 20.0), "interval": 2, "fixed_groups": ["head"],
+        "fixed_epochs": 1, "seed": 7, "preserve_rng": False,
+    }
+    assert handler.epoch_level_files is False
+    assert MetaLRHandler(_meta_loader(), multiplier_bounds="0.05,20", preserve_rng="yes").metalr_kwargs == {
+        "multiplier_bounds": (0.05, 20.0), "preserve_rng": True,
+    }
+    torch.manual_seed(0)
+    net = SmallNet()
+    _trainer(net, torch.optim.SGD(param_groups(net, 1e-3)), _dicts(make_batches(2, 2, torch.float32)), [handler],
+             epochs=1).run()
+    meta = handler.meta
+    assert (meta.hyper_lr, meta.multiplier_bounds, meta.interval, meta.fixed_groups) == (1e-4, (0.05, 20.0), 2, ["head"])
+    assert meta.preserve_rng is False and meta.num_meta_steps == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"hyper_lr": "fast"}, "hyper_lr must be a number, got 'fast'"),
+        ({"hyper_lr": "-1e-3"}, "hyper_lr must be >= 0"),
+        ({"multiplier_bounds": "0.01"}, "multiplier_bounds must be a pair"),
+        ({"multiplier_bounds": "[0.01, big]"}, r"multiplier_bounds\[1\] must be a number, got 'big'"),
+        ({"multiplier_bounds": "[2, 100]"}, "0 < low < 1 < high"),
+        ({"interval": "2.5"}, "interval must be an integer, got '2.5'"),
+        ({"fixed_epochs": "-1"}, "fixed_epochs must be >= 0"),
+        ({"preserve_rng": "maybe"}, "preserve_rng must be true or false, got 'maybe'"),
+        ({"epoch_level_files": "perhaps"}, "epoch_level_files must be true or false"),
+        ({"update": "exponential"}, "unknown update 'exponential'.*log_adam"),
+        ({"lookahead": "newton"}, "unknown lookahead 'newton'.*optimizer"),
+        ({"hyperlr": 1e-3}, r"unknown MetaLR option\(s\) \['hyperlr'\].*hyper_lr"),
+    ],
+)
+def test_bad_arguments_are_refused_when_the_handler_is_built(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MetaLRHandler(_meta_loader(), **kwargs)
+
+
+def test_meta_loader_sharing_the_training_dataset_warns(caplog):
+    import logging
+
+    batches = make_batches(2, seed=1, dtype=torch.float32)
+    train_items = [{"image": x, "label": y} for x, y in zip(*[torch.cat(t) for t in zip(*batches)])]
+    train = DataLoader(train_items, batch_size=3)
+    cases = [(train, 1), (DataLoader(train_items, batch_size=2, shuffle=True), 1), (_meta_loader(), 0)]
+    for meta_loader, expected in cases:
+        torch.manual_seed(0)
+        net = SmallNet()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="monai_metalr"):
+            _trainer(net, torch.optim.SGD(param_groups(net, 1e-3)), train, [MetaLRHandler(meta_loader)], epochs=1).run()
+        assert sum("held-out data" in r.getMessage() for r in caplog.records) == expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import SmallNet, make_batches, reference_direction
+from monai.optimizers import Novograd
 from torch import nn
 
 from monai_metalr import MetaLR, param_groups
@@ -17,6 +18,8 @@ OPTIMIZERS = [
     (torch.optim.Adam, {}),
     (torch.optim.Adam, {"weight_decay": 1e-2, "amsgrad": True, "betas": (0.8, 0.95)}),
     (torch.optim.AdamW, {"weight_decay": 0.1}),
+    (Novograd, {}),
+    (Novograd, {"weight_decay": 1e-2, "grad_averaging": True, "amsgrad": True}),
 ]
 LOSS = nn.CrossEntropyLoss()
 

@@ -46,6 +46,7 @@ from .dicom import dicom_frame_info, read_dicom_frame
 from .frames import sample_frame_indices
 from .image2d import LoadFramed, classification_inference_list, read_frame
 from .lits import LITS_LABELS, lits_datalist, lits_inference_list, split_cases
+from .meta_batches import meta_loader
 from .pipelines import PIPELINES, check_pipeline, make_loader
 from .pocus import POCUS_CLASSES, folds_to_datalist, pocus_classes, pocus_datalist, pocus_folds_pickle
 from .splits import pocus_split, split_classification
@@ -74,6 +75,7 @@ __all__ = [
     "lits_inference_list",
     "make_dataset",
     "make_loader",
+    "meta_loader",
     "merge_masks",
     "pocus_classes",
     "pocus_datalist",
