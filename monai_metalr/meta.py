@@ -598,15 +598,27 @@ class MetaLR:
         args, kwargs = (tuple(prepared[2]), dict(prepared[3])) if len(prepared) == 4 else ((), {})
         autocast = torch.autocast(**self.autocast_kwargs) if self.autocast_kwargs else contextlib.nullcontext()
         with torch.enable_grad(), autocast:
-            pred = torch.func.functional_call(
-                self.module,
-                (self._leaves, self._buffer_copies),
-                (inputs, *args),
-                kwargs,
-                tie_weights=True,
-                strict=False,
-            )
-            loss = self.loss_function(pred, targets).mean()
+            try:
+                pred = torch.func.functional_call(
+                    self.module,
+                    (self._leaves, self._buffer_copies),
+                    (inputs, *args),
+                    kwargs,
+                    tie_weights=True,
+                    strict=False,
+                )
+                loss = self.loss_function(pred, targets).mean()
+            except (RuntimeError, ValueError, AssertionError) as e:  # torch, torch losses, MONAI losses
+                if "size" not in str(e).lower() and "shape" not in str(e).lower():
+                    raise
+                # e.g. whole validation volumes, made for a SlidingWindowInferer, given as meta batches
+                raise RuntimeError(
+                    f"MetaLR's meta forward failed on a meta batch of inputs {tuple(inputs.shape)} and targets "
+                    f"{tuple(getattr(targets, 'shape', ()))}: {e}. Meta batches must have the training input size "
+                    "(the meta forward calls the network directly, as the trainer does; it does not use the "
+                    "evaluator's inferer): give the meta loader random crops of held-out cases made by the "
+                    "training preprocessing (monai_metalr.data.meta_loader), not a whole-volume validation loader"
+                ) from e
         grad_scale = None
         to_backward = loss
         if self.scaler is not None and getattr(self.scaler, "is_enabled", lambda: True)():

@@ -189,3 +189,19 @@ def test_meta_data_option_and_inline_handlers(tmp_path):
     assert plan.override["metalr_meta_loader"]["data"] == "@meta_cases"
     assert plan.override["+train#trainer#train_handlers"] == ["@metalr"]  # nothing refers to an inline list
     assert plan.multi_gpu_override is None
+
+
+def test_metalr_joins_the_resume_checkpoint_not_the_model_file(tmp_path):
+    root = write_spleen_like(tmp_path / "bundle", tmp_path / "data", n_cases=0)
+    config = _config(root)
+    resume = {"model": "@network", "optimizer": "@optimizer", "trainer": "@train#trainer"}
+    config["train"]["handlers"] += [
+        {"_target_": "CheckpointLoader", "load_path": "$@ckpt_dir + '/last.pt'", "load_dict": resume},
+        {"_target_": "CheckpointSaver", "save_dir": "@ckpt_dir", "save_dict": dict(resume), "save_interval": 1},
+    ]
+    _save(root, config)
+    add_to_bundle(str(root))
+    parser = ConfigParser(ConfigParser.load_config_files([str(root / f) for f in SINGLE]))
+    assert parser["train#handlers#4#load_dict"] == {**resume, "metalr": "@metalr"}
+    assert parser["train#handlers#5#save_dict"] == {**resume, "metalr": "@metalr"}
+    assert parser["validate#handlers#1#save_dict"] == {"model": "@network"}  # the best model stays a model file

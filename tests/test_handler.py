@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import monai
 import pytest
 import torch
 from conftest import SmallNet, make_batches
@@ -192,3 +193,18 @@ def test_meta_loader_sharing_the_training_dataset_warns(caplog):
         with caplog.at_level(logging.WARNING, logger="monai_metalr"):
             _trainer(net, torch.optim.SGD(param_groups(net, 1e-3)), train, [MetaLRHandler(meta_loader)], epochs=1).run()
         assert sum("held-out data" in r.getMessage() for r in caplog.records) == expected
+
+
+def test_meta_batches_of_another_size_say_what_meta_batches_must_be():
+    """Whole validation volumes (made for a sliding-window inferer) as meta batches: a 3D UNet's skip connections
+    do not fit a 15-voxel volume, and the error says what a meta batch must be."""
+    from monai.networks.nets import UNet
+
+    net = UNet(3, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=0)
+    optimizer = torch.optim.Adam(param_groups(net, 1e-3))
+    volumes = [(torch.randn(1, 1, 15, 15, 15), torch.randint(0, 2, (1, 1, 15, 15, 15)))]
+    meta = MetaLR(net, optimizer, volumes, monai.losses.DiceLoss(to_onehot_y=True, softmax=True))
+    x, y = torch.randn(2, 1, 16, 16, 16), torch.randint(0, 2, (2, 1, 16, 16, 16))
+    monai.losses.DiceLoss(to_onehot_y=True, softmax=True)(net(x), y).backward()
+    with pytest.raises(RuntimeError, match=r"meta batch of inputs \(1, 1, 15, 15, 15\).*training input size.*inferer"):
+        meta.step()
