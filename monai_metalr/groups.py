@@ -6,7 +6,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -502,7 +502,7 @@ def layer_groups(model: nn.Module, groups: GroupsSpec = "auto") -> dict[str, lis
 
 
 def param_groups(
-    model: nn.Module, lr: float, groups: GroupsSpec = "auto", head_lr: float | None = None
+    model: nn.Module, lr: float | None, groups: GroupsSpec = "auto", head_lr: float | None = None
 ) -> list[dict]:
     """Optimizer parameter groups, one per layer group: ``{"params", "lr", "name"}``.
 
@@ -510,7 +510,8 @@ def param_groups(
 
     Args:
         model: the network (wrappers are seen through).
-        lr: learning rate of every group.
+        lr: learning rate of every group; ``None`` leaves ``"lr"`` out, so the groups take the optimizer's own
+            ``lr`` (its argument or default), as ``net.parameters()`` did.
         groups: as for :func:`layer_groups`.
         head_lr: if given, the learning rate of the last (output) group instead of ``lr``.
     """
@@ -518,10 +519,14 @@ def param_groups(
     named = dict(inner.named_parameters())
     spec = layer_groups(inner, groups)
     last = list(spec)[-1]
-    return [
-        {"params": [named[n] for n in names], "lr": head_lr if (head_lr is not None and g == last) else lr, "name": g}
-        for g, names in spec.items()
-    ]
+    out = []
+    for g, names in spec.items():
+        group: dict[str, Any] = {"params": [named[n] for n in names], "name": g}
+        group_lr = head_lr if (head_lr is not None and g == last) else lr
+        if group_lr is not None:
+            group["lr"] = group_lr
+        out.append(group)
+    return out
 
 
 def optimizer_group_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:

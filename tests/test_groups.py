@@ -335,3 +335,12 @@ def test_torchvision_net_without_a_rule_gets_a_working_suggestion(tvm):
     groups = layer_groups(net, _suggested(message))
     assert len(groups) > 4 and next(iter(groups)) == "features.0"
     _check_groups(net, groups, max_share=None)
+
+
+def test_param_groups_without_lr_take_the_optimizers_own():
+    """add_to_bundle writes param_groups(@network, None) for an optimizer config without "lr"."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    groups = param_groups(net, None, groups=[("a", r"0\."), ("b", r"2\.")])
+    assert all("lr" not in g for g in groups)
+    assert [g["lr"] for g in torch.optim.Adam(groups, lr=3e-4).param_groups] == [3e-4, 3e-4]
+    assert [g["lr"] for g in torch.optim.SGD(param_groups(net, None, groups=[("a", r"0\."), ("b", r"2\.")], head_lr=0.5), lr=0.1).param_groups] == [0.1, 0.5]
