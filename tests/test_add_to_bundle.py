@@ -58,6 +58,7 @@ def test_override_uses_only_merge_keys_monai_understands(spleen):
 
     # composed by MONAI's own parser: the bundle's optimizer type and LR, its imports, the handler first
     parser = ConfigParser(ConfigParser.load_config_files([str(spleen / f) for f in SINGLE]))
+    parser["bundle_root"] = str(spleen)  # the loggers' folders: not the test's working directory
     assert parser["imports"] == ["$import glob", "$import os", "$import ignite", "$import monai_metalr"]
     optimizer = parser.get_parsed_content("optimizer")
     assert type(optimizer).__name__ == "Novograd"
