@@ -49,11 +49,74 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+# errors of a write that failed for lack of room or rights, never a problem of the data being written
+_WRITE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+)
+
+
+# what torch.save's C++ writer says when a write fails (it gives no errno), across torch versions
+_TORCH_WRITE_FAILED = re.compile(
+    r"inline_container|iostream error|PytorchStreamWriter|file write failed|unexpected pos"
+)
+
+
+def _name_errno(code: int) -> str:
+    return f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"
+
+
+def _diagnose(folder: Path, tmp: str) -> tuple[int, str] | None:
+    """Why a write into ``folder`` failed when the writer gave no errno (torch.save's C++ stream reports
+    ``unexpected pos ...`` or ``basic_ios::clear: iostream error``): a full file system, no free inodes, or the
+    process's file size limit. ``None`` if none of these."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    # root may write into the blocks reserved for it: judge by the blocks root can use then
+    free = (st.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+    if free < (1 << 20):
+        return errno.ENOSPC, f"{free} bytes free on the file system of {folder}"
+    if st.f_files and st.f_favail == 0:
+        return errno.ENOSPC, f"no free inodes on the file system of {folder}"
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        size = os.path.getsize(tmp)
+    except (ImportError, OSError):
+        return None
+    if limit != resource.RLIM_INFINITY and size >= limit:
+        return errno.EFBIG, f"the process's file size limit (ulimit -f) is {limit} bytes"
+    return None
+
+
+def _write_error(target: Path, tmp: str, err: BaseException) -> BaseException | None:
+    """``err``, a failed write of ``target``, as an ``OSError`` that names ``target``, the errno and the cause; ``None``
+    when ``err`` is not a failed write (e.g. the writer refusing its data: that error passes through unchanged)."""
+    if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
+        detail = _diagnose(target.parent, tmp) if err.errno == errno.ENOSPC else None
+        extra = f"; {detail[1]}" if detail else ""
+        return OSError(err.errno, f"cannot write {target}: {_name_errno(err.errno)}{extra} ({err})")
+    if type(err) is RuntimeError and _TORCH_WRITE_FAILED.search(str(err)):
+        found = _diagnose(target.parent, tmp)
+        if found is not None:
+            code, detail = found
+            return OSError(code, f"cannot write {target}: {_name_errno(code)}; {detail} (the writer said: {err})")
+        return RuntimeError(f"cannot write {target}: {err}")
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
 
-    On an exception the temporary file is removed and ``path`` keeps its previous content.
+    On an exception the temporary file is removed and ``path`` keeps its previous content. A failed write (a full
+    disk, a file size limit, a read-only file system, no permission; also when ``torch.save``'s own writer reports
+    only ``unexpected pos`` or ``iostream error``, found by looking at the file system) raises an ``OSError`` that
+    names ``path``, the errno and the cause, e.g. ``[Errno 28] cannot write runs/x/model.pt: No space left on device
+    (ENOSPC); 0 bytes free on the file system of runs/x``. A folder that cannot be created for ``path`` (a file of
+    that name is in the way) is named the same way. Other errors of the writer pass through unchanged.
 
     Args:
         path: the file to write.
@@ -61,9 +124,22 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             default ``".tmp"`` plus the target's last suffix.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        in_the_way = next((p for p in (target.parent, *target.parent.parents) if p.exists() and not p.is_dir()), None)
+        raise OSError(
+            e.errno,
+            f"cannot create the folder {target.parent} for {target.name}: "
+            + (f"{in_the_way} is a file, not a folder" if in_the_way is not None else _name_errno(e.errno)),
+        ) from e
+    except OSError as e:
+        raise OSError(e.errno, f"cannot create the folder {target.parent} for {target.name}: {e.strerror}") from e
     suffix = ".tmp" + target.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {target}: {_name_errno(e.errno) if e.errno else e}") from e
     os.close(fd)
     try:
         yield Path(tmp)
@@ -71,9 +147,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the result the usual permissions
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
+        named = _write_error(target, tmp, e) if isinstance(e, Exception) else None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if named is not None:
+            raise named from e
         raise
 
 

@@ -13,9 +13,18 @@ warning naming it, and a summary count.
 from __future__ import annotations
 
 import contextlib
+import csv
+import errno
+import gc
 import json
 import logging
+import os
 import re
+import resource
+import signal
+import struct
+import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +55,7 @@ from monai_metalr.data import (  # noqa: E402
     read_dicom_frame,
     read_frame,
     read_video_frames,
+    sample_frame_indices,
     split_cases,
     split_classification,
     video_frame_info,
@@ -196,6 +206,43 @@ def one_nan(shape: tuple[int, ...] = SHAPE) -> np.ndarray:
     return data
 
 
+def symlink_loop(path: Path) -> Path:
+    """A symbolic link to itself (as a bad copy of a linked dataset leaves): ``stat`` fails with ELOOP."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    path.symlink_to(path.name)
+    return path
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def zlib_damaged_png(path: Path) -> Path:
+    """A 16 x 16 grey PNG whose chunks all have valid CRCs but whose zlib stream is corrupt (as an encoder bug or a
+    copy that recomputed the CRCs leaves it): the header checks and PIL's ``verify()`` pass it; decoding fails."""
+    rows = b"".join(b"\0" + bytes(range(SIZE)) for _ in range(SIZE))
+    stream = bytearray(zlib.compress(rows))
+    stream[5:9] = b"\xff\xff\xff\xff"  # inside the deflate data, after the 2-byte zlib header
+    header = struct.pack(">IIBBBBB", SIZE, SIZE, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", bytes(stream))
+                     + _png_chunk(b"IEND", b""))
+    return path
+
+
+def nii_pixdim0(path: Path, data: np.ndarray) -> Path:
+    """A ``.nii`` file with ``pixdim`` 0 and neither sform nor qform: the voxel spacing is unknown. nibabel refuses
+    to write such a header, so the three pixdim floats (bytes 80-91) are zeroed in the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, None), str(path))  # no affine: sform_code = qform_code = 0
+    raw = bytearray(path.read_bytes())
+    raw[80:92] = struct.pack("<3f", 0.0, 0.0, 0.0)
+    path.write_bytes(bytes(raw))
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # assertions
 
@@ -204,11 +251,13 @@ THIRD_PARTY = ("PIL", "nibabel", "pydicom", "av", "zlib", "struct", "gzip", "num
 
 
 def error_of(fn: Callable[[], object]) -> BaseException:
-    """The error ``fn`` raises; for a MONAI ``Compose``, the transform's own error (the cause of its RuntimeError)."""
+    """The error ``fn`` raises; for a MONAI ``Compose`` or a bundle config, the transform's or the expression's own
+    error (the cause of their ``RuntimeError``)."""
     with pytest.raises(Exception) as info:
         fn()
     err = info.value
-    if type(err) is RuntimeError and str(err).startswith("applying transform") and err.__cause__ is not None:
+    wrappers = ("applying transform", "Failed to evaluate", "Failed to instantiate")
+    while type(err) is RuntimeError and str(err).startswith(wrappers) and err.__cause__ is not None:
         err = err.__cause__
     return err
 
@@ -344,6 +393,12 @@ NIFTI_BAD.update(
             r"affine does not match",
         ),
         "label-2d": (_label_case(lambda p: nii(p, seg()[..., 0])), r"2D|shape"),
+        # nibabel reads pixdim 0 as 1 mm (a log line nobody sees): the geometry would be silently wrong
+        "pixdim-0-no-sform": (
+            _volume_case(lambda p: nii_pixdim0(p, np.zeros(SHAPE, np.float32))),
+            r"voxel spacing unknown.*pixdim is \[0\.0, 0\.0, 0\.0\].*no sform.*assume 1 mm",
+        ),
+        "symlink-loop-nii": (_volume_case(symlink_loop), r"cannot be read.*ELOOP"),
     }
 )
 # checked only when the voxels are loaded (the datalists read headers only, for speed)
@@ -389,7 +444,7 @@ def test_lits_inference_list_bad_nifti(tmp_path: Path, kind: str) -> None:
 
 # a 4D image of 2 volumes loads as 2 channels and a single slice as a 3D volume of depth 1: both are caught by the
 # datalists (from the header), not after loading, where a multi-channel or thin volume can be legitimate
-HEADER_ONLY = ("4d-two-volumes", "single-slice")
+HEADER_ONLY = ("4d-two-volumes", "single-slice", "pixdim-0-no-sform")
 
 
 @pytest.mark.parametrize("kind", [k for k in (*NIFTI_BAD, *NIFTI_VOXELS) if k not in HEADER_ONLY])
@@ -543,6 +598,9 @@ IMAGE_BAD: dict[str, tuple[str, Callable[[Path], Path], str, set[str]]] = {
         {"read_frame", "LoadFramed"},
     ),
     "missing": ("nothere.png", lambda p: p, r"not found", IMAGES),
+    "symlink-loop-png": ("a.png", symlink_loop, r"symbolic link loop|Too many levels of symbolic links", ALL_2D),
+    # passes the cheap checks (chunk CRCs are valid): only decoding finds it, see the on_error='skip' tests below
+    "zlib-damaged-png": ("a.png", zlib_damaged_png, r"cannot (be read as an image|read the mask)", ALL_2D - {"check"}),
 }
 
 
@@ -598,6 +656,7 @@ DICOM_BAD: dict[str, tuple[Callable[[Path], Path], str, set[str]]] = {
     "truncated-in-element": (lambda p: cut_in_element(dcm(p), 0x00080018), r"truncated.*\(0008,0018\)", ALL_DCM),
     "truncated-after-element": (lambda p: cut_in_element(dcm(p), 0x00080018, 4), r"truncated.*after element", ALL_DCM),
     "truncated-in-meta": (lambda p: cut(dcm(p), 200), r"truncated.*file meta information", ALL_DCM),
+    "symlink-loop": (symlink_loop, r"cannot be read.*ELOOP.*symbolic link loop", ALL_DCM),
     "truncated-in-meta-header": (lambda p: cut(dcm(p), 141), r"damaged or truncated", ALL_DCM),
     "truncated-in-preamble": (lambda p: cut(dcm(p), 100), r"not a DICOM", ALL_DCM),
     "garbage": (lambda p: put(p, b"MZ\x90\x00" * 100), r"not a DICOM", ALL_DCM),
@@ -653,6 +712,7 @@ VIDEO_BAD: dict[str, tuple[str, Callable[[Path], Path], str, set[str]]] = {
     "truncated-gif": ("clip.gif", lambda p: cut(gif(p), 0.5), r"not a decodable video", {"video_frame_info"}),
     "gif-cut-in-header": ("clip.gif", lambda p: cut(gif(p), 40), r"not a decodable video", ALL_VID),
     "missing": ("nothere.mp4", lambda p: p, r"not found", ALL_VID),
+    "symlink-loop": ("clip.mp4", symlink_loop, r"cannot be read.*ELOOP.*symbolic link loop", ALL_VID),
 }
 
 
@@ -717,6 +777,7 @@ BUSI_BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
         lambda f: img(f / "benign (1)_mask_1.png", np.zeros((SIZE + 1, SIZE), np.uint8)),
         r"does not match its image",
     ),
+    "symlink-loop-image": (lambda f: symlink_loop(f / "benign (1).png"), r"ELOOP.*symbolic link loop"),
 }
 
 
@@ -769,6 +830,7 @@ CXR_BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
     "truncated-png": (lambda f: _png_cut(f / "IM-0009-0001.png"), r"truncated"),
     "one-pixel-jpeg": (lambda f: img(f / "IM-0001-0001.jpeg", np.zeros((1, 1), np.uint8)), r"1 x 1 pixels"),
     "gif-named-jpeg": (lambda f: gif(f / "IM-0001-0001.jpeg"), r"a GIF file, expected JPEG or PNG"),
+    "symlink-loop-jpeg": (lambda f: symlink_loop(f / "IM-0001-0001.jpeg"), r"ELOOP.*symbolic link loop"),
 }
 
 
@@ -896,6 +958,7 @@ INFERENCE_BAD: dict[str, tuple[str, Callable[[Path], Path], str]] = {
     "zero-byte-mp4": ("a.mp4", lambda p: put(p, b""), r"empty file"),
     "truncated-mp4": ("a.mp4", lambda p: cut(mp4(p), 0.5), r"not a decodable video"),
     "truncated-gif": ("a.gif", lambda p: cut(gif(p), 0.5), r"not a decodable video"),
+    "symlink-loop-png": ("a.png", symlink_loop, r"ELOOP.*symbolic link loop"),
 }
 
 
@@ -1005,3 +1068,346 @@ def test_split_files_from_before_the_meta_split_name_the_file(tmp_path: Path) ->
     old_cls.write_text(json.dumps({"seed": 0, "fold": 0, "train": ["00", "01", "10", "11"], "val": ["02", "12"],
                                    "test": ["03", "13"]}))
     assert_names(lambda: split_classification(images, old_cls), "busi_run", r"predates the meta split.*output_dir")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# damage that only shows when the voxels or pixels are decoded: on_error="skip" skips it at load time too
+
+BUSI_BUNDLE = "busi_classification"
+LITS_BUNDLE = "lits_liver_segmentation"
+# the bundles at test size: seconds on a CPU, every stage of the real configs
+LITS_TINY = {"patch_size": [16, 16, 16], "network_kwargs": {"base_channels": 4}, "num_samples": 1, "batch_size": 2,
+             "num_workers": 0, "sw_batch_size": 2, "device": "$torch.device('cpu')"}
+CLS_TINY = {"image_size": [32, 32], "batch_size": 4, "num_workers": 0, "pretrained": False,
+            "device": "$torch.device('cpu')"}
+
+
+def bundle_parser(bundle: str, *configs: str, **overrides: object):
+    """A bundle's own config, parsed in this process (``monai.bundle run`` without the 8 s of imports)."""
+    from bundle_helpers import BUNDLES
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / bundle / "configs" / c) for c in configs])
+    parser.update({"bundle_root": str(BUNDLES / bundle), **overrides})
+    return parser
+
+
+def run_bundle_in_process(bundle: str, configs: list[str], workflow_type: str, **overrides: object) -> None:
+    """``monai.bundle run`` of a bundle's configs, in this process: initialize, run, finalize."""
+    from bundle_helpers import BUNDLES
+    from monai.bundle import ConfigWorkflow
+
+    folder = BUNDLES / bundle / "configs"
+    workflow = ConfigWorkflow(
+        # logging_file=False: the bundle's logging.conf would replace the root handlers, pytest's capture among them
+        config_file=[str(folder / c) for c in configs], meta_file=str(folder / "metadata.json"), logging_file=False,
+        workflow_type=workflow_type, bundle_root=str(BUNDLES / bundle), **overrides,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+
+
+def lits_case(root: Path, i: int, image: np.ndarray | None = None, label: np.ndarray | None = None) -> None:
+    """Case ``i`` of the bundles' synthetic CT (``bundle_helpers.write_case``), with its image or label replaced."""
+    from bundle_helpers import write_case
+
+    affine = write_case(root / f"volume-{i}.nii.gz", root / f"segmentation-{i}.nii.gz", seed=i)
+    if image is not None:
+        nib.save(nib.Nifti1Image(image, affine), str(root / f"volume-{i}.nii.gz"))
+    if label is not None:
+        nib.save(nib.Nifti1Image(label, affine), str(root / f"segmentation-{i}.nii.gz"))
+
+
+def half_valued_label(i: int) -> np.ndarray:
+    """Case ``i``'s label with its tumour voxels 0.5 (a mask exported as probabilities)."""
+    from bundle_helpers import synthetic_ct
+
+    label = synthetic_ct((24, 24, 16), i)[1].astype(np.float32)
+    label[label == 2] = 0.5
+    return label
+
+
+BLANK_CT = np.full((24, 24, 16), -1000, np.int16)  # air everywhere: nothing inside the HU window
+
+
+def test_lits_training_skips_cases_that_fail_when_loaded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A 0.5-valued label and a constant -1000 HU CT pass the header-only datalist and used to stop training when
+    loaded (a label-value error; RandCropByPosNegLabeld's "No sampling location available.", naming no file). With
+    on_error='skip' the bundle's train dataset leaves them out while it is built, each named, and an epoch of its
+    loader runs through; with 'raise' the first one stops the run, named, before any training."""
+    from monai.data import DataLoader
+
+    from monai_metalr.data import make_dataset
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    for i in range(4):
+        lits_case(data, i)
+    lits_case(data, 4, label=half_valued_label(4))
+    lits_case(data, 5, image=BLANK_CT)
+    out.mkdir()
+    (out / "split.json").write_text(json.dumps({"seed": 0, "val_fraction": 0.1, "meta_fraction": 0.1,
+                                                "test_fraction": 0.2, "train": ["0", "4", "5"], "val": ["1"],
+                                                "meta": ["2"], "test": ["3"]}))
+    settings = {"dataset_dir": str(data), "output_dir": str(out), **LITS_TINY}
+    parser = bundle_parser(LITS_BUNDLE, "train.json", on_error="skip", cache="memory", **settings)
+    with caplog.at_level(logging.WARNING, logger="monai_metalr"):
+        train = parser.get_parsed_content("train#dataset")
+    assert [item["case_id"] for item in train.data] == ["0"]
+    warnings = skip_warnings(caplog)
+    assert any("segmentation-4.nii.gz" in w and "label values {0.5} outside {0, 1, 2}" in w for w in warnings)
+    assert any("volume-5.nii.gz" in w and "no voxel above -200" in w and "No sampling location" in w
+               for w in warnings)
+    assert any("train: skipped 2 of 3 item(s)" in w for w in warnings)
+    batches = list(parser.get_parsed_content("train#dataloader"))  # the random crops run on what is left
+    assert len(batches) == 1 and tuple(batches[0]["image"].shape[2:]) == (16, 16, 16)
+    # every cache mode skips the same cases, at the cost given in make_dataset's docstring
+    items = parser.get_parsed_content("split")["train"]
+    transform = parser.get_parsed_content("train#preprocessing")
+    for cache in ("none", "disk"):
+        kept = make_dataset(items, transform, cache=cache, cache_dir=tmp_path / "cache", on_error="skip")
+        assert [item["case_id"] for item in kept.data] == ["0"] and len(list(DataLoader(kept, batch_size=1))) == 1
+    assert_names(lambda: make_dataset(items, transform, cache="memory"), "segmentation-4.nii.gz", r"\{0.5\}")
+    blank = items[2:]
+    assert_names(lambda: make_dataset(blank, transform), "volume-5.nii.gz", r"no voxel above -200.*\[-1000, -1000\]")
+    all_broken = [items[1], items[2]]
+    assert_names(lambda: make_dataset(all_broken, transform, on_error="skip", name="train"), "train",
+                 r"all 2 item\(s\) found are broken.*the first: .*segmentation-4")
+
+
+def test_busi_zlib_damaged_png_passes_the_datalist_and_is_skipped_when_loaded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PNG with valid chunk CRCs and a corrupt zlib stream: check_image_file (and so busi_datalist) accepts it, the
+    bundle's loading fails on it. Skip leaves it out of the dataset, in every cache mode."""
+    from monai_metalr.data import make_dataset
+
+    root = busi(tmp_path / "Dataset_BUSI_with_GT")
+    bad = zlib_damaged_png(root / "benign" / "benign (1).png")
+    assert check_image_file(bad) == (SIZE, SIZE)
+    items = busi_datalist(root)
+    assert str(bad) in [i["image"] for i in items]
+    parser = bundle_parser(BUSI_BUNDLE, "train.json", dataset_dir=str(root), output_dir=str(tmp_path / "out"),
+                           **CLS_TINY)
+    transform = parser.get_parsed_content("validate#preprocessing")
+    assert_names(lambda: make_dataset(items, transform), bad, r"cannot be read as an image.*broken data stream")
+    for cache in ("memory", "disk", "none"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="monai_metalr"):
+            kept = make_dataset(items, transform, cache=cache, cache_dir=tmp_path / cache, on_error="skip", name="val")
+        assert len(kept) == 5 and str(bad) not in [i["image"] for i in kept.data]
+        assert any(bad.name in w and "broken data stream" in w for w in skip_warnings(caplog))
+        assert any("val: skipped 1 of 6 item(s)" in w for w in skip_warnings(caplog))
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_2d_inference_predicts_every_readable_file_and_lists_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The classification bundles' inference: a damaged zlib PNG or a NaN TIFF used to stop the run before it
+    wrote predictions.csv, losing every prediction; images in symbolically linked folders and any *_mask* file were
+    dropped silently. Now (on_error='skip') every readable file is predicted, and every other file and frame is in
+    not_predicted.csv with its reason."""
+    data, out = tmp_path / "new_images", tmp_path / "out"
+    good = [img(data / "a.png"), img(data / "patient_mask_02.png"), img(tmp_path / "elsewhere" / "deep" / "b.png")]
+    (data / "linked").symlink_to(tmp_path / "elsewhere")  # a folder linked into the dataset
+    (tmp_path / "elsewhere" / "deep" / "up").symlink_to(tmp_path / "elsewhere")  # a loop back up the tree
+    good[2] = data / "linked" / "deep" / "b.png"
+    mask = img(data / "a_mask.png")  # BUSI's naming, beside its image: not an image to classify
+    clip = cut(mp4(data / "clip.mp4", faststart=True), 0.9)  # its header promises 10 frames; the last ones are gone
+    broken = {
+        "zlib.png": (zlib_damaged_png(data / "zlib.png"), "broken data stream"),
+        "nan.tif": (img(data / "nan.tif", np.where(np.eye(SIZE) > 0, np.nan, 7.0).astype(np.float32), mode="F"),
+                    "16 NaN or infinite pixels"),
+        "loop.png": (symlink_loop(data / "loop.png"), "symbolic link loop"),
+    }
+    notes = put(data / "notes.txt", b"scanned 2024")
+    hidden = img(data / ".thumb.png")
+    out.mkdir()
+    parser = bundle_parser(BUSI_BUNDLE, "train.json", dataset_dir=str(data), output_dir=str(out), **CLS_TINY)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), out / "model.pt")
+    with caplog.at_level(logging.WARNING, logger="monai_metalr"):
+        run_bundle_in_process(BUSI_BUNDLE, ["train.json", "inference.json"], "infer", dataset_dir=str(data),
+                              output_dir=str(out), on_error="skip", **CLS_TINY)
+    predicted = {row["file"]: int(row["frames"]) for row in _read_csv(out / "predictions.csv")}
+    rows = _read_csv(out / "not_predicted.csv")
+    left_out = {row["file"]: row["reason"] for row in rows}
+    # the clip's sampled frames (3 per second of its header's 10): those that decode are predicted, the others listed
+    sampled = sample_frame_indices(*video_frame_info(clip), 3.0, 30)
+    missing = [row["reason"].split(":")[0] for row in rows if row["file"] == str(clip)]
+    n_predicted = predicted.pop(str(clip))
+    assert n_predicted >= 1 and missing and missing == [f"frame {f}" for f in sampled[n_predicted:]]
+    assert predicted == {str(p): 1 for p in good}
+    for path, reason in broken.values():
+        assert reason in left_out[str(path)] and path.name in left_out[str(path)]
+    assert f"a segmentation mask of {data / 'a.png'}" in left_out[str(mask)]
+    assert left_out[str(notes)] == "not an image, DICOM file or video" and left_out[str(hidden)] == "hidden file"
+    assert "a link to a folder already searched" in left_out[str(data / "linked" / "deep" / "up")]
+    assert set(left_out) == {*(str(p) for p, _ in broken.values()), str(mask), str(clip), str(notes), str(hidden),
+                             str(data / "linked" / "deep" / "up")}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("skipped 3 of 7 file(s)" in w for w in warnings)
+    assert any("will not be classified" in w and "not_predicted.csv" in w for w in warnings)
+
+
+def test_lits_inference_segments_every_readable_volume(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The LiTS bundle's inference stopped at a volume with NaN voxels, after the cases before it. With
+    on_error='skip' it is left out (found by reading the voxels when the list is made) and the rest are segmented;
+    not_predicted.csv lists it and the label files, with their reasons."""
+    from bundle_helpers import synthetic_ct
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    nan_ct = synthetic_ct((24, 24, 16), 1)[0]
+    nan_ct[3, 4, 5] = np.nan
+    for i in range(3):
+        lits_case(data, i, image=nan_ct if i == 1 else None)
+    out.mkdir()
+    settings = {"dataset_dir": str(data), "output_dir": str(out), **LITS_TINY}
+    parser = bundle_parser(LITS_BUNDLE, "train.json", **settings)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), out / "model.pt")
+    with caplog.at_level(logging.WARNING, logger="monai_metalr"):
+        run_bundle_in_process(LITS_BUNDLE, ["train.json", "inference.json"], "infer", on_error="skip", **settings)
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == ["volume-0_seg.nii.gz", "volume-2_seg.nii.gz"]
+    left_out = {Path(row["file"]).name: row["reason"] for row in _read_csv(out / "not_predicted.csv")}
+    assert "image has 1 NaN and 0 inf voxels" in left_out["volume-1.nii.gz"]
+    assert all(left_out[f"segmentation-{i}.nii.gz"].startswith("a segmentation (label)") for i in range(3))
+    assert len(left_out) == 4
+    assert any("volume-1.nii.gz" in w and "NaN" in w for w in skip_warnings(caplog))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# errors that name the file and the cause; settings that were misread or did nothing
+
+
+def test_an_absurd_voxel_spacing_is_refused_before_resampling(tmp_path: Path) -> None:
+    """A header spacing of 1 m (a unit slip) made Spacingd ask for terabytes with no file named."""
+    nii(tmp_path / "volume-1.nii")
+    nii(tmp_path / "segmentation-1.nii", seg())
+    metres = np.diag([1000.0, 1000.0, 1000.0, 1.0])
+    bad = nii(tmp_path / "volume-0.nii", affine=metres)
+    nii(tmp_path / "segmentation-0.nii", seg(), affine=metres)
+    pattern = r"voxel spacing \(1000.0, 1000.0, 1000.0\) mm.*would make a 5334 x 5334 x 3000 volume.*GiB"
+    assert_names(lambda: lits_datalist(tmp_path, pixdim=[1.5, 1.5, 2.0]), bad, pattern)
+    assert_names(lambda: lits_inference_list(tmp_path, pixdim=[1.5, 1.5, 2.0]), bad, pattern)
+    assert [i["case_id"] for i in lits_datalist(tmp_path, pixdim=[1.5, 1.5, 2.0], on_error="skip")] == ["1"]
+    assert len(lits_datalist(tmp_path)) == 2  # without the bundle's pixdim there is nothing to compare with
+    for pixdim in ([0, 0, 0], [1.5, 1.5], "abc", [1.5, float("nan"), 2]):
+        assert_names(lambda p=pixdim: lits_datalist(tmp_path, pixdim=p), "pixdim", r"three positive voxel sizes")
+
+
+def test_failed_writes_name_the_file_and_the_errno(tmp_path: Path) -> None:
+    """A full disk gave torch.save's 'unexpected pos 576 vs 534' (or 'basic_ios::clear: iostream error'): no path,
+    no errno. atomic_path now names both (the file system is looked at when the writer gives no errno). A file
+    size limit (ulimit -f) is the same kernel path and needs no privileges; a full tmpfs is tried when mounting is
+    allowed (root)."""
+    from monai_metalr.bundle_run import check_output_dir
+    from monai_metalr.io import atomic_path
+
+    weights = torch.zeros(300_000)  # 1.2 MB
+    target = tmp_path / "run" / "model.pt"
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process at the limit
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, limits[1]))
+        with pytest.raises(OSError) as info, atomic_path(target) as tmp:
+            torch.save(weights, tmp)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert info.value.errno == errno.EFBIG and str(target) in str(info.value) and "ulimit -f" in str(info.value)
+    assert not target.exists() and not list(target.parent.iterdir())  # no half-written file, no temporary
+    # an output_dir that is a file: named, not a bare FileExistsError
+    (tmp_path / "file").write_text("x")
+    in_the_way = r"cannot create the folder .*file for model.pt: .*file is a file"
+    with pytest.raises(FileExistsError, match=in_the_way), atomic_path(tmp_path / "file" / "model.pt") as tmp:
+        tmp.write_text("x")
+    assert_names(lambda: check_output_dir(tmp_path / "file"), "file", r"output_dir is a file, not a folder")
+    assert_names(lambda: check_output_dir(tmp_path / "file" / "sub"), "sub", r"cannot create output_dir: .*is a file")
+    assert check_output_dir(tmp_path / "new" / "run") == str(tmp_path / "new" / "run")
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if os.geteuid() != 0 or os.system(f"mount -t tmpfs -o size=64k tmpfs {mount} 2>/dev/null") != 0:
+        return  # mounting a small file system needs root
+    try:
+        with pytest.raises(OSError) as info, atomic_path(mount / "model.pt") as tmp:
+            torch.save(weights, tmp)
+        code, message = info.value.errno, str(info.value)
+        del info  # its traceback keeps torch's writer, and so an open file on the mount, alive
+        assert code == errno.ENOSPC and f"cannot write {mount / 'model.pt'}: No space left on device" in message
+        assert list(mount.iterdir()) == []
+    finally:
+        gc.collect()
+        os.system(f"umount {mount} 2>/dev/null || umount -l {mount}")
+
+
+def test_command_line_settings_that_were_misread_are_refused_or_read_right(tmp_path: Path) -> None:
+    """--image_size "[0,0]" trained at every image's own size (MONAI reads 0 as 'keep'), --use_metalr no kept MetaLR
+    on ("no" is a true string): the first is refused naming the setting, the second read as False."""
+    from test_classification_bundles import make_busi
+
+    from monai_metalr import MetaLRHandler
+
+    root = make_busi(tmp_path)  # five cases a class: enough for the bundle's train / val / meta / test split
+    common = {"dataset_dir": str(root), "output_dir": str(tmp_path / "out"), **CLS_TINY}
+    for size in ([0, 0], "[0,0]", [224]):
+        parser = bundle_parser(BUSI_BUNDLE, "train.json", **{**common, "image_size": size})
+        assert_names(lambda p=parser: p.get_parsed_content("initialize"), "image_size", r"2 whole numbers >= 1")
+    for text, on in (("no", False), ("False", False), ("off", False), ("yes", True)):
+        parser = bundle_parser(BUSI_BUNDLE, "train.json", use_metalr=text, **common)
+        handlers = parser.get_parsed_content("train#handlers")
+        assert any(isinstance(h, MetaLRHandler) for h in handlers) is on, text
+        assert parser.get_parsed_content("run_settings")["use_metalr"] is on  # what resume compares
+    parser = bundle_parser(BUSI_BUNDLE, "train.json", use_metalr="maybe", **common)
+    assert_names(lambda: parser.get_parsed_content("train#handlers"), "use_metalr", r"true or false")
+    parser = bundle_parser(LITS_BUNDLE, "train.json", patch_size=[0, 0, 0], dataset_dir=str(tmp_path),
+                           output_dir=str(tmp_path / "out"))
+    assert_names(lambda: parser.get_parsed_content("initialize"), "patch_size", r"3 whole numbers >= 1")
+    # an --output_dir that is a file: refused first thing, naming it (it was a FileExistsError from a writer)
+    not_a_folder = put(tmp_path / "results.txt", b"old notes")
+    for bundle, configs in ((BUSI_BUNDLE, ["train.json", "inference.json"]), (LITS_BUNDLE, ["train.json"])):
+        parser = bundle_parser(bundle, *configs, **{**common, "output_dir": str(not_a_folder)})
+        assert_names(lambda p=parser: p.get_parsed_content("initialize"), not_a_folder, r"output_dir is a file")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the root cause as the last line of a failed `python -m monai.bundle run`
+
+
+def test_a_failed_bundle_run_ends_with_the_root_cause(tmp_path: Path) -> None:
+    """The error naming the file used to sit 20-70 lines above MONAI's own last line ('Failed to instantiate
+    component ...'). A real run on a blank CT (raise mode): exit 1, and stderr's last line names the file and why."""
+    from bundle_helpers import bundle_cli
+
+    data = tmp_path / "data"
+    for i in range(4):
+        lits_case(data, i, image=BLANK_CT if i == 3 else None)  # case 3 is in the training split (seed 0)
+    proc = bundle_cli(LITS_BUNDLE, "run", ["train.json"], tmp_path, check=False, dataset_dir=data,
+                      output_dir=tmp_path / "out", epochs=1, num_workers=0, patch_size="[16,16,16]",
+                      network_kwargs="{'base_channels': 4}")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("monai_metalr: the run failed: ValueError: ") and str(data / "volume-3.nii.gz") in last
+    assert "no voxel above -200" in last and "RandCropByPosNegLabeld" in last
+    assert "Failed to" in proc.stderr  # MONAI's traceback is still there, above
+
+
+def test_the_root_cause_of_a_data_loader_worker_error(tmp_path: Path) -> None:
+    """A DataLoader worker sends its error to the main process as text; the root cause is found in that text. The
+    hook is installed only under `python -m monai.bundle` (not in this test session)."""
+    from monai.data import DataLoader, Dataset
+
+    from monai_metalr.bundle_run import install_root_cause_hook, root_cause_text
+
+    bad = img(tmp_path / "nan.tif", np.where(np.eye(SIZE) > 0, np.nan, 7.0).astype(np.float32), mode="F")
+    loader = DataLoader(Dataset([{"image": str(bad)}], Compose([LoadFramed("image")])), batch_size=1, num_workers=1)
+    with pytest.raises(Exception) as info:
+        next(iter(loader))
+    assert "Original Traceback" in str(info.value)
+    assert root_cause_text(info.value) == f"ValueError: {bad}: image has 16 NaN or infinite pixels"
+    before = sys.excepthook
+    assert install_root_cause_hook() is False and sys.excepthook is before

@@ -32,6 +32,11 @@ missing file). The builders that scan a dataset folder (:func:`lits_datalist`, :
 :func:`busi_datalist`, :func:`chestxray_datalist`, :func:`pocus_datalist`, :func:`classification_inference_list`)
 take ``on_error="raise"`` (default) or ``"skip"``: skip leaves a broken file or case out with a warning on the
 ``monai_metalr`` logger and a summary count; layout problems (missing partners, duplicate case ids) always raise.
+Damage that only shows when the voxels or pixels are decoded (NaN, label values outside the task, a corrupt zlib
+or gzip stream, a blank scan) is skipped when the data are loaded: :func:`make_dataset` with ``on_error="skip"``
+loads every item once while it builds the dataset (for the memory and disk caches that is the cache fill), and the
+inference lists decode every image with ``"skip"``; they also list every file they leave out, with the reason, in
+a ``report_file`` (the bundles' ``not_predicted.csv``).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import BROKEN, Skipped
-from .paths import check_image_size, dataset_root
+from .paths import check_image_size, dataset_root, stat_file
 
 __all__ = ["BUSI_CLASSES", "busi_datalist", "check_image_file", "merge_masks"]
 
@@ -78,13 +78,11 @@ def check_image_file(path: str | os.PathLike, formats: Sequence[str] | None = No
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is empty, not an image PIL can read, of another format, a stack of several images,
-            smaller than 2 x 2 pixels, or truncated; the message names the file.
+            smaller than 2 x 2 pixels, or truncated; it cannot be read (a symbolic link loop, no permission); the
+            message names the file.
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{path}: file not found ({e})") from e
+    size = stat_file(path).st_size  # a missing file, a symbolic link loop, no permission: named, with the cause
     if size == 0:
         raise ValueError(f"{path}: empty file (0 bytes)")
     try:

@@ -16,7 +16,9 @@ traceback as its cause ("The above exception was the direct cause of ..."), i.e.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import math
 import os
 import zlib
 from collections.abc import Hashable, Mapping, Sequence
@@ -30,6 +32,8 @@ from monai.transforms import LoadImage, LoadImaged, MapTransform
 from monai.utils import PostFix
 from nibabel.arrayproxy import ArrayProxy
 from nibabel.volumeutils import apply_read_scaling
+
+from .paths import stat_file
 
 __all__ = ["CheckSegmentationd", "CheckedNibabelReader", "LoadVolumed", "verify_gzip"]
 
@@ -156,6 +160,10 @@ class _NamedErrors:
         except MemoryError:
             raise  # not the file's fault
         except FileNotFoundError as e:
+            if isinstance(filename, (str, os.PathLike)):
+                # nibabel calls a symbolic link loop (or no permission) "No such file or no access": name the cause
+                with contextlib.suppress(FileNotFoundError):
+                    stat_file(filename, "NIfTI file")
             raise FileNotFoundError(f"{_names(filename)}: file not found ({e})") from e
         except ValueError as e:
             if str(e).startswith(f"{_names(filename)}: cannot be read"):  # CheckedNibabelReader's own message
@@ -233,7 +241,10 @@ class CheckSegmentationd(MapTransform):
     - each segmentation has one channel, and the image's spatial shape (``shape[1:]``) and affine
       (``torch.allclose`` with ``atol``, from ``MetaTensor.affine`` or the ``<key>_meta_dict["affine"]`` of plain
       arrays);
-    - each segmentation holds only ``allowed_labels``, e.g. ``"label values {3, 7} outside {0, 1, 2}"``.
+    - each segmentation holds only ``allowed_labels``, e.g. ``"label values {3, 7} outside {0, 1, 2}"``;
+    - given ``intensity_window`` (the bundle's HU window), some image voxel lies above its lower end: a blank scan
+      (a constant -1000 HU "CT") is nothing but background after windowing, and MONAI's ``RandCropByPosNegLabeld``
+      would later fail on it with ``No sampling location available.``, naming no file.
 
     A missing segmentation key is skipped, so the same transform serves inference pipelines (image only:
     just the finite check). File names come from ``meta["filename_or_obj"]``. The data is returned unchanged.
@@ -249,11 +260,14 @@ class CheckSegmentationd(MapTransform):
         allow_missing_keys: don't raise if the image key is missing.
         spatial_dims: the number of spatial dimensions the image must have (3 for CT volumes); ``None`` skips
             the check.
+        intensity_window: ``(low, high)``, the intensity window the image is scaled with afterwards
+            (``ScaleIntensityRanged``'s ``a_min``, ``a_max``); the image needs a voxel above ``low``. ``None`` (the
+            default, e.g. for inference, where a blank scan simply segments to background) skips the check.
 
     Raises:
         ValueError: an image with another number of spatial dimensions, no voxels or a non-finite affine; a
             non-finite image voxel; a segmentation with more than one channel, or a shape or affine mismatch; an
-            unexpected label value.
+            unexpected label value; no image voxel above ``intensity_window[0]``.
     """
 
     def __init__(
@@ -264,8 +278,15 @@ class CheckSegmentationd(MapTransform):
         meta_key_postfix: str = PostFix.meta(),
         allow_missing_keys: bool = False,
         spatial_dims: int | None = 3,
+        intensity_window: Sequence[float] | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if intensity_window is not None:
+            window = [float(v) for v in intensity_window]
+            if len(window) != 2 or not all(math.isfinite(v) for v in window) or window[0] >= window[1]:
+                raise ValueError(f"intensity_window must be (low, high) with low < high, got {intensity_window!r}")
+            intensity_window = (window[0], window[1])
+        self.intensity_window = intensity_window
         if spatial_dims is not None and int(spatial_dims) < 1:
             raise ValueError(f"spatial_dims must be >= 1 or None, got {spatial_dims}")
         self.spatial_dims = None if spatial_dims is None else int(spatial_dims)
@@ -330,6 +351,21 @@ class CheckSegmentationd(MapTransform):
                 f"{self._name(data, self.image_key)}: image has {n_nan} NaN and {n_inf} inf voxels (of {image.numel()})"
             )
 
+    def _check_window(self, data: Mapping[Hashable, Any]) -> None:
+        if self.intensity_window is None:
+            return
+        image = _plain(data[self.image_key])
+        low = self.intensity_window[0]
+        lo, hi = (float(v) for v in torch.aminmax(image))  # one reduction, no temporary
+        if hi > low:
+            return
+        raise ValueError(
+            f"{self._name(data, self.image_key)}: no voxel above {low:g}, the lower end of the intensity window "
+            f"{list(self.intensity_window)} (its values span [{lo:g}, {hi:g}]): after windowing the image is blank, "
+            "with nothing to learn and no location to sample a training patch from (MONAI's RandCropByPosNegLabeld "
+            "would fail with 'No sampling location available.'). A blank or air-only scan, or the wrong hu_window"
+        )
+
     def _check_label(self, data: Mapping[Hashable, Any], key: Hashable) -> None:
         image, label = data[self.image_key], data[key]
         if len(label.shape) >= 1 and label.shape[0] != 1:
@@ -383,6 +419,7 @@ class CheckSegmentationd(MapTransform):
             raise KeyError(f"CheckSegmentationd: key {self.image_key!r} not in the data ({list(d)})")
         self._check_image_geometry(d)
         self._check_finite(d)
+        self._check_window(d)
         for key in self.label_keys:
             if key in d:
                 self._check_label(d, key)

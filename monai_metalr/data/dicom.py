@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .paths import stat_file
+
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
@@ -89,11 +91,7 @@ def _read_header(path: Path) -> Dataset:
             the image needs.
     """
     pydicom = _pydicom()
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: file not found")
-    if path.is_dir():
-        raise ValueError(f"{path}: a folder, not a DICOM file")
-    size = path.stat().st_size
+    size = stat_file(path, "DICOM file").st_size  # names a missing file, a folder, a symbolic link loop
     if size == 0:
         raise ValueError(f"{path}: empty file (0 bytes)")
     with warnings.catch_warnings(record=True) as caught:

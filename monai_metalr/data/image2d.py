@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Hashable, Mapping
+import re
+from collections import Counter
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,9 @@ from monai.transforms import MapTransform
 
 from .busi import check_image_file
 from .dicom import _frame_rate, _nr_frames, _read_header, read_dicom_frame
-from .errors import BROKEN, Skipped
+from .errors import LOAD_ERRORS, Skipped, write_not_processed
 from .frames import sample_frame_indices
-from .paths import check_image_size
+from .paths import check_image_size, stat_file
 from .video import VIDEO_EXTENSIONS, read_video_frames, video_frame_info
 
 logger = logging.getLogger("monai_metalr")
@@ -51,11 +53,7 @@ _GREY_OR_RGB_MODES = frozenset({"L", "RGB", "I", "I;16", "I;16L", "I;16B", "I;16
 def _read_image(path: Path) -> np.ndarray:
     from PIL import Image
 
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: image file not found")
-    if not path.is_file():
-        raise ValueError(f"{path}: not a file")
-    if path.stat().st_size == 0:
+    if stat_file(path, "image file").st_size == 0:  # names a missing file, a folder, a symbolic link loop
         raise ValueError(f"{path}: empty file (0 bytes)")
     try:
         with Image.open(path) as img:
@@ -106,6 +104,11 @@ def read_frame(path: str | os.PathLike, frame: int = -1) -> np.ndarray:
         array = read_dicom_frame(path, index).astype(np.float32)
     else:
         array = _read_image(path)
+    return _checked(path, array)
+
+
+def _checked(path: Path, array: np.ndarray) -> np.ndarray:
+    """``array`` (one decoded frame of ``path``) checked: 2D grey or RGB, at least 2 x 2 pixels, finite."""
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 3)):
         raise ValueError(f"{path}: expected a 2D grey or RGB image, got an array of shape {array.shape}")
     check_image_size(path, array.shape[0], array.shape[1])
@@ -168,23 +171,116 @@ def _dicom_info(path: Path) -> tuple[int, float | None]:
     return _nr_frames(ds), _frame_rate(ds)
 
 
+# BUSI names a case's masks "<image stem>_mask.png", "<image stem>_mask_1.png", ...
+_MASK_NAME = re.compile(r"^(?P<image>.+)_mask(?:_\d+)?$", re.IGNORECASE)
+
+
+def _mask_of(name: str, names: Mapping[str, str]) -> str | None:
+    """The image (a name in ``names``, which maps lower-cased names to names) whose segmentation mask the file
+    ``name`` is, by BUSI's naming; ``None`` if ``name`` is not such a mask. A file is a mask only when its image is
+    beside it: ``patient_mask_02.png`` alone is an image like any other and is classified."""
+    stem, suffix = os.path.splitext(name)
+    match = _MASK_NAME.match(stem)
+    if match is None or suffix.lower() not in IMAGE_EXTENSIONS:
+        return None
+    for ending in (suffix, *IMAGE_EXTENSIONS):
+        image = names.get((match.group("image") + ending).lower())
+        if image is not None:
+            return image
+    return None
+
+
+def _walk_inputs(root: Path) -> tuple[list[Path], list[tuple[Path, str, str]]]:
+    """``(candidate files, [(path, reason, kind), ...] passed over)`` below ``root``.
+
+    Symbolically linked folders are followed, each real folder once (a link back to a folder already searched, a
+    loop, is listed instead of followed forever). Hidden files and folders, ``__MACOSX`` and the masks of images
+    beside them are passed over and listed; a folder that cannot be listed is listed with the error.
+    """
+    files: list[Path] = []
+    passed: list[tuple[Path, str, str]] = []
+    seen: set[str] = set()
+
+    def unreadable(err: OSError) -> None:
+        passed.append((Path(err.filename or root), f"cannot be read: {err.strerror or err}", "unreadable folder"))
+
+    for folder, dirs, names in os.walk(root, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            passed.append((Path(folder), f"a link to a folder already searched ({real}); not searched twice", "link"))
+            continue
+        seen.add(real)
+        for d in sorted(dirs):
+            if d.startswith("."):
+                passed.append((Path(folder, d), "hidden folder, not searched", "hidden"))
+            elif d == "__MACOSX":
+                passed.append((Path(folder, d), "macOS archive metadata (__MACOSX), not searched", "hidden"))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+        lower = {n.lower(): n for n in names}
+        for name in sorted(names):
+            path = Path(folder, name)
+            if name.startswith("."):
+                passed.append((path, "hidden file", "hidden"))
+                continue
+            image = _mask_of(name, lower)
+            if image is not None:
+                passed.append((path, f"a segmentation mask of {Path(folder, image)}, not an image to classify", "mask"))
+                continue
+            files.append(path)
+    return sorted(files, key=str), passed
+
+
+def _decodable_frames(path: Path, frames: Sequence[int], passed: list[tuple[Path, str, str]]) -> list[int]:
+    """The ``frames`` of ``path`` that decode to a valid image (as :class:`LoadFramed` will decode them); the others
+    are listed in ``passed``. Raises the first frame's error when none decodes."""
+    if path.suffix.lower() in VIDEO_EXTENSIONS:
+        try:  # one decoding pass for all frames; frame by frame only when that fails
+            for array in read_video_frames(path, [max(f, 0) for f in frames]):
+                _checked(path, array.astype(np.float32))
+            return list(frames)
+        except LOAD_ERRORS:
+            pass
+    good, first = [], None
+    for f in frames:
+        try:
+            read_frame(path, f)
+        except LOAD_ERRORS as e:
+            first = first or e
+            passed.append((path, f"frame {f}: {e}", "frame"))
+            continue
+        good.append(f)
+    if not good and first is not None:
+        del passed[len(passed) - len(frames) :]  # the whole file is skipped: one row, not one per frame
+        raise first
+    return good
+
+
 def classification_inference_list(
     dataset_dir: str | os.PathLike,
     sample_fps: float | None = 3.0,
     max_frames: int | None = 30,
     on_error: str = "raise",
+    report_file: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Every image, DICOM file and video under ``dataset_dir``, one item per frame to classify.
 
     Items are ``{"image": path, "frame": index (-1 for still images), "source": path}``; frames of videos and
-    multi-frame DICOM are sampled with :func:`~monai_metalr.data.frames.sample_frame_indices`. Segmentation
-    masks (``*_mask*.png``, as in BUSI), hidden files and ``__MACOSX`` folders are skipped, and so are DICOM objects
-    without pixel data (DICOMDIR, structured reports), with a warning.
+    multi-frame DICOM are sampled with :func:`~monai_metalr.data.frames.sample_frame_indices`. Sub-folders are
+    searched, symbolically linked ones included (each real folder once, so a link loop ends). Not classified, and
+    listed with the reason: hidden files and folders, ``__MACOSX``, segmentation masks (BUSI's
+    ``<image>_mask.png`` / ``<image>_mask_1.png`` when ``<image>.png`` is beside them; a ``*_mask*`` file without its
+    image is classified), DICOM objects without pixel data (DICOMDIR, structured reports), files of other types,
+    and broken files (with ``on_error="skip"``).
 
     Every file is checked without decoding its pixels: images by
     :func:`~monai_metalr.data.busi.check_image_file` (non-empty, one image of at least 2 x 2 pixels, not
     truncated), DICOM files by their header (:func:`~monai_metalr.data.dicom_frame_info`, plus the 2 x 2 minimum),
-    videos by their container header (:func:`~monai_metalr.data.video_frame_info`).
+    videos by their container header (:func:`~monai_metalr.data.video_frame_info`). With ``on_error="skip"``
+    every frame to classify is also decoded here, as :class:`LoadFramed` will decode it, so that a file that only
+    fails when decoded (a corrupt zlib stream behind valid PNG chunk CRCs, NaN pixels in a float TIFF, a video
+    frame the header promises but that does not decode) is left out and listed instead of stopping the inference
+    run, which would then write no prediction at all. That decodes every frame twice (milliseconds for an image).
 
     Args:
         dataset_dir: the folder to search (recursively).
@@ -192,12 +288,16 @@ def classification_inference_list(
         max_frames: at most this many frames per video / cine loop; ``None`` for no cap.
         on_error: ``"raise"`` (default): a broken file raises. ``"skip"``: it is left out with a warning on the
             ``monai_metalr`` logger naming the file and the reason, and a summary count at the end.
+        report_file: if given, a CSV file (``file,reason``, written atomically) listing every file below
+            ``dataset_dir`` that will not be classified (and every frame left out of a video), with the reason;
+            the bundles write ``<output_dir>/not_predicted.csv``.
 
     Raises:
         FileNotFoundError: ``dataset_dir`` does not exist.
         ValueError: ``dataset_dir`` is not a folder, or holds nothing to classify; a file is broken (empty,
-            truncated, undecodable header, a multi-image file, smaller than 2 x 2 pixels; with ``on_error="skip"``
-            only when every file is broken); a bad ``on_error``. Each message names the file or folder.
+            truncated, undecodable header, a multi-image file, smaller than 2 x 2 pixels, a symbolic link loop; with
+            ``on_error="skip"`` only when every file is broken); a bad ``on_error``. Each message names the file or
+            folder.
     """
     skipped = Skipped(on_error, dataset_dir, "file")
     root = Path(dataset_dir).expanduser()
@@ -205,18 +305,23 @@ def classification_inference_list(
         raise FileNotFoundError(f"{root}: dataset_dir does not exist")
     if not root.is_dir():
         raise ValueError(f"{root}: dataset_dir is not a folder")
+    root = root.absolute()
     skipped.root = root
+    decode = skipped.on_error == "skip"
+    files, passed = _walk_inputs(root)
+    for path, reason, kind in passed:
+        if kind == "unreadable folder":
+            skipped.add(str(path), ValueError(f"{path}: {reason}"))
     items: list[dict[str, Any]] = []
     n_files = 0
-    for path in sorted(p for p in root.rglob("*") if p.is_file() or (p.is_symlink() and not p.exists())):
-        rel = path.relative_to(root).parts
-        if any(part.startswith(".") or part == "__MACOSX" for part in rel) or "_mask" in path.stem:
-            continue
+    for path in files:
         suffix = path.suffix.lower()
         try:
             if suffix in IMAGE_EXTENSIONS:
                 n_files += 1
                 check_image_file(path)
+                if decode:
+                    read_frame(path)
                 items.append({"image": str(path), "frame": -1, "source": str(path)})
             elif suffix in VIDEO_EXTENSIONS or is_dicom(path):
                 n_files += 1
@@ -227,15 +332,35 @@ def classification_inference_list(
                         raise
                     # DICOMDIR, structured reports, key-object selections: valid DICOM, nothing to classify
                     logger.warning("%s: DICOM object without pixel data, skipped", path)
+                    reason = "a DICOM object without pixel data (DICOMDIR, a report): nothing to classify"
+                    passed.append((path, reason, "no pixel data"))
                     n_files -= 1
                     continue
                 frames = sample_frame_indices(num_frames, fps, sample_fps, max_frames) if num_frames > 1 else [-1]
+                if decode:
+                    frames = _decodable_frames(path, frames, passed)
                 items += [{"image": str(path), "frame": i, "source": str(path)} for i in frames]
-        except BROKEN as e:
+            else:
+                passed.append((path, "not an image, DICOM file or video", "other type"))
+        except LOAD_ERRORS as e:
             skipped.add(str(path), e)
+            passed.append((path, str(e), "broken"))
     skipped.report(n_files)
+    _report_passed(root, passed, report_file)
     if not items:
         if skipped:
             raise skipped.nothing_left(n_files)
         raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}), DICOM files or videos found")
     return items
+
+
+def _report_passed(root: Path, passed: list[tuple[Path, str, str]], report_file: str | os.PathLike | None) -> None:
+    """Write the files passed over to ``report_file`` and log how many of each kind."""
+    rows = sorted(((str(p), reason) for p, reason, _ in passed), key=lambda r: r[0])
+    if report_file is not None:
+        write_not_processed(report_file, rows)
+    if passed:
+        kinds = Counter(kind for _, _, kind in passed)
+        summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        where = f"; each with its reason in {report_file}" if report_file is not None else ""
+        logger.warning("%s: %d file(s) or frame(s) will not be classified (%s)%s", root, len(rows), summary, where)

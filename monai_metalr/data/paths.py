@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
-__all__ = ["MIN_IMAGE_SIDE", "check_image_size", "dataset_root"]
+__all__ = ["MIN_IMAGE_SIDE", "check_image_size", "dataset_root", "stat_file"]
+
+
+def stat_file(path: str | os.PathLike, what: str = "file") -> os.stat_result:
+    """``os.stat(path)`` of a data file, with errors that name the file and the cause.
+
+    ``Path.exists()`` answers ``False`` for a symbolic link loop, so a loop used to be reported as a missing file
+    (or, where the file was opened directly, as a raw ``OSError: [Errno 40] Too many levels of symbolic links``).
+
+    Raises:
+        FileNotFoundError: no such file (also a dangling symbolic link, named as one).
+        ValueError: a symbolic link loop, no permission, another ``OSError`` (its errno named); a folder.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        dangling = f" (a dangling symbolic link to {os.readlink(path)})" if os.path.islink(path) else ""
+        raise FileNotFoundError(f"{path}: {what} not found{dangling}") from None
+    except OSError as e:
+        code = errno.errorcode.get(e.errno, str(e.errno)) if e.errno is not None else type(e).__name__
+        loop = ": a symbolic link loop (the link points, directly or not, to itself)" if e.errno == errno.ELOOP else ""
+        raise ValueError(f"{path}: cannot be read: {e.strerror or e} ({code}){loop}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{path}: a folder, not a {what}")
+    return st
 
 
 def dataset_root(dataset_dir: str | os.PathLike) -> Path:

@@ -8,12 +8,15 @@ file.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
+
+from .paths import stat_file
 
 __all__ = ["VIDEO_EXTENSIONS", "read_video_frames", "video_frame_info"]
 
@@ -24,11 +27,10 @@ VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".gif")
 def _check_file(path: str | os.PathLike) -> Path:
     """``path`` as a :class:`Path` after checking that it is a non-empty file."""
     p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: video file not found")
-    if not p.is_file():
+    st = stat_file(p, "video file")
+    if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{p}: not a file")
-    if p.stat().st_size == 0:
+    if st.st_size == 0:
         raise ValueError(f"{p}: empty file (0 bytes), not a video")
     return p
 
