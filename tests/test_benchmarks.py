@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -70,7 +71,9 @@ def test_step_cost_script_writes_the_issue_json_shape(tmp_path, monkeypatch):
     assert set(result) == {"resnet18_2d", "device"}
     assert set(result["resnet18_2d"]) == {"plain", "metalr_k1", "metalr_k4", "authors_style"}
     for entry in result["resnet18_2d"].values():
-        assert entry["time_s"] > 0 and entry["peak_mb"] > 0
+        # in this process the peak is a difference of RSS after the other modes ran, so only its type is checked
+        # here; test_step_cost_memory_child_process checks the fresh-process peaks the script really reports
+        assert entry["time_s"] > 0 and math.isfinite(entry["peak_mb"])
     assert result["device"].startswith("cpu: ")
 
 
