@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from zoo_bundles import write_endoscopic_like, write_spleen_like
 
 from monai_metalr.add_to_bundle import BundleError, add_to_bundle, plan_override
 from monai_metalr.analysis import read_lr_csv
-from zoo_bundles import write_endoscopic_like, write_spleen_like
 
 SINGLE = ["configs/train.json", "configs/metalr.json"]
 MULTI = ["configs/train.json", "configs/multi_gpu_train.json", "configs/metalr.json", "configs/metalr_multi_gpu.json"]
@@ -104,14 +104,14 @@ def test_handler_dropped_on_one_rank_fails_fast_instead_of_hanging(spleen, tmp_p
     bad = dict(json.loads((spleen / "configs" / "metalr.json").read_text()))
     del bad["train#trainer#train_handlers"]
     bad["+train#handlers"] = ["@metalr"]
-    bad["metalr"]["dist_timeout"] = 10
+    bad["metalr"]["dist_timeout"] = 5
     (spleen / "configs" / "appended.json").write_text(json.dumps(bad))
     files = ["configs/train.json", "configs/multi_gpu_train.json", "configs/appended.json"]
     start = time.monotonic()
     proc = _run(spleen, files, "--bundle_root", str(tmp_path / "appended"), nproc=2, timeout=240)
     assert proc.returncode != 0
     assert time.monotonic() - start < 180
-    assert "waited 10 s for rank(s) [1] of 2, which built no MetaLR" in proc.stderr
+    assert "waited 5 s for rank(s) [1] of 2, which built no MetaLR" in proc.stderr
 
 
 def test_endoscopic_like_bundle_flexibleunet_adam_cosine(tmp_path):

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from PIL import Image
-
 from bundle_helpers import synthetic_ct
+from PIL import Image
 
 _STATS = {"_target_": "StatsHandler", "tag_name": "train_loss",
           "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"}
@@ -163,12 +162,12 @@ def write_spleen_like(root: Path, data_dir: Path, n_cases: int = 6, shape=(40, 4
     return _write(root, train, _multi_gpu())
 
 
-def write_endoscopic_like(root: Path, data_dir: Path, n_images: int = 6, size: int = 64) -> Path:
+def write_endoscopic_like(root: Path, data_dir: Path, n_images: int = 6, size: int = 32) -> Path:
     """An endoscopic_tool_segmentation-shaped bundle at ``root`` and ``n_images`` PNG image/mask pairs."""
     rng = np.random.default_rng(0)
     for i in range(n_images):
         mask = np.zeros((size, size), np.uint8)
-        x0, y0 = rng.integers(4, size // 2, size=2)
+        x0, y0 = rng.integers(2, size // 2, size=2)
         mask[y0 : y0 + size // 3, x0 : x0 + size // 4] = 1
         image = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
         image[mask == 1] += 150
