@@ -170,7 +170,7 @@ def _prepend_handler(value: Any) -> Any:
     if value is None:
         return [f"@{HANDLER_KEY}"]
     if isinstance(value, str):
-        inner = value[1:] if value.startswith("$") else value
+        inner = value.removeprefix("$")
         return f"$[@{HANDLER_KEY}] + list({inner})"
     return None  # an inline list: extended with "+" instead
 
@@ -182,7 +182,7 @@ def _state_attributes(existing: Any, optimizer_id: str) -> str:
     if existing is None:
         return f"${ours}"
     if isinstance(existing, str):
-        inner = existing[1:] if existing.startswith("$") else existing
+        inner = existing.removeprefix("$")
         return f"$list({inner}) + {ours}"
     return f"${json.dumps(list(existing))} + {ours}"
 
