@@ -31,6 +31,18 @@ def _postprocessing(n_classes: int) -> dict:
         {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False], "to_onehot": n_classes}]}
 
 
+# the zoo's training data path: deterministic + random transforms, a CacheDataset of all but the last 2 cases
+_TRAIN_DATA = {
+    "preprocessing": {"_target_": "Compose",
+                      "transforms": "$@train#deterministic_transforms + @train#random_transforms"},
+    "dataset": {"_target_": "CacheDataset", "data": "$@datalist[:-2]", "transform": "@train#preprocessing",
+                "cache_rate": 1.0, "num_workers": 0},
+    "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": 2, "shuffle": True,
+                   "num_workers": 0},
+    "postprocessing": _postprocessing(2),
+}
+
+
 def _validate(inferer: dict, batch_size: int) -> dict:
     return {
         "preprocessing": {"_target_": "Compose", "transforms": "%train#deterministic_transforms"},
@@ -138,13 +150,7 @@ def write_spleen_like(root: Path, data_dir: Path, n_cases: int = 6, shape=(40, 4
                  "spatial_size": [16, 16, 16], "pos": 1, "neg": 1, "num_samples": 2, "image_key": "image",
                  "image_threshold": 0},
             ],
-            "preprocessing": {"_target_": "Compose",
-                              "transforms": "$@train#deterministic_transforms + @train#random_transforms"},
-            "dataset": {"_target_": "CacheDataset", "data": "$@datalist[:-2]", "transform": "@train#preprocessing",
-                        "cache_rate": 1.0, "num_workers": 0},
-            "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": 2, "shuffle": True,
-                           "num_workers": 0},
-            "postprocessing": _postprocessing(2),
+            **_TRAIN_DATA,
             "handlers": [
                 {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True},
                 {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
@@ -207,13 +213,7 @@ def write_endoscopic_like(root: Path, data_dir: Path, n_images: int = 6, size: i
                 {"_target_": "RandRotated", "keys": keys, "range_x": "$np.pi", "prob": 0.8,
                  "mode": ["bilinear", "nearest"]},
             ],
-            "preprocessing": {"_target_": "Compose",
-                              "transforms": "$@train#deterministic_transforms + @train#random_transforms"},
-            "dataset": {"_target_": "CacheDataset", "data": "$@datalist[:-2]", "transform": "@train#preprocessing",
-                        "cache_rate": 1.0, "num_workers": 0},
-            "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": 2, "shuffle": True,
-                           "num_workers": 0},
-            "postprocessing": _postprocessing(2),
+            **_TRAIN_DATA,
             "handlers": [
                 {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
                  "interval": "@val_interval"},
