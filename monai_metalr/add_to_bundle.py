@@ -44,6 +44,10 @@ HANDLER_KEY = "metalr"
 META_LOADER_KEY = "metalr_meta_loader"
 _REF = re.compile(r"^@([A-Za-z0-9_#:]+)$")
 _LOGGERS = ("StatsHandler", "TensorBoardStatsHandler", "MLFlowHandler")
+# datasets whose items are transform(datalist entry): the meta loader makes its items the same way
+_ITEM_DATASETS = frozenset(
+    {"Dataset", "CacheDataset", "PersistentDataset", "SmartCacheDataset", "LMDBDataset", "CacheNTransDataset"}
+)
 # "$@network.parameters()", optionally filtered to the trainable ones: what param_groups replaces exactly
 _ALL_PARAMETERS = re.compile(
     r"^\$\s*(filter\(\s*lambda\s+(\w+)\s*:\s*\2\.requires_grad\s*,\s*)?@[\w#:]+\.parameters\(\)\s*(?(1)\))\s*$"
@@ -152,6 +156,11 @@ def _handler_list(bundle: _Bundle, trainer_id: str) -> tuple[str | None, Any, li
     if value is None:
         return None, None, []
     written = bundle.raw.get(f"{trainer_id}#train_handlers")  # what the override wraps: the bundle's own text
+    if isinstance(written, str) and written.startswith("%"):  # a macro only works as a whole value
+        raise bundle.fail(
+            f"{trainer_id}#train_handlers is the macro {written!r}; write it as a reference "
+            f"({'@' + written[1:]!r}) or list the handlers, then run add_to_bundle again"
+        )
     target = _ref(value)
     if target is not None:
         return target, written, list(bundle.get(target) or [])
@@ -169,9 +178,10 @@ def _prepend_handler(value: Any) -> Any:
     """The trainer's ``train_handlers`` with ``@metalr`` first: a reference or an expression is wrapped."""
     if value is None:
         return [f"@{HANDLER_KEY}"]
+    if isinstance(value, str) and value.startswith("$"):  # an expression may give None (no handlers on a rank)
+        return f"$[@{HANDLER_KEY}] + list(({value[1:]}) or [])"
     if isinstance(value, str):
-        inner = value.removeprefix("$")
-        return f"$[@{HANDLER_KEY}] + list({inner})"
+        return f"$[@{HANDLER_KEY}] + list({value})"
     return None  # an inline list: extended with "+" instead
 
 
@@ -203,6 +213,11 @@ def _checkpoint_edits(
             if refs & {optimizer_id, trainer_id}:
                 edits[f"+{where}#{key}"] = {HANDLER_KEY: f"@{HANDLER_KEY}"}
                 notes.append(f"checkpoint: MetaLR's state added to the {_target_name(handler)} at {where} ({key})")
+                if key == "load_dict":
+                    notes.append(
+                        f"checkpoint: the loader at {where} now expects MetaLR's state too: a checkpoint written "
+                        "without MetaLR resumes without configs/metalr.json only"
+                    )
             else:
                 notes.append(
                     f"checkpoint: the {_target_name(handler)} at {where} holds no optimizer (a model file): left as it is"
@@ -249,7 +264,10 @@ def plan_override(
     root = Path(bundle_root)
     train_file = root / config_file
     if not train_file.is_file():
-        raise BundleError(f"{train_file}: no such training config; nothing was written")
+        others = sorted(p.name for p in train_file.parent.glob(f"{train_file.stem}.*")) if train_file.parent.is_dir() else []
+        hint = f" (there is {', '.join(others)}: pass --config_file)" if others else ""
+        raise BundleError(f"{train_file}: no such training config{hint}; nothing was written")
+    multi_gpu_config = _same_format(multi_gpu_config, config_file)
     try:
         bundle = _Bundle([train_file], str(train_file))
     except (ValueError, OSError) as e:
@@ -265,7 +283,7 @@ def plan_override(
     if not isinstance(optimizer, Mapping) or "_target_" not in optimizer:
         raise bundle.fail(f"the optimizer at {optimizer_id!r} is {optimizer!r}, not a component with a _target_")
     params = optimizer.get("params")
-    if not (isinstance(params, str) and _ALL_PARAMETERS.match(params)):
+    if not (isinstance(params, str) and _ALL_PARAMETERS.match(params) and _of_network(bundle, params, network_id)):
         raise bundle.fail(
             f"{optimizer_id}#params is {params!r}; MetaLR replaces it by one param group per layer group and only "
             "does so for the network's .parameters() (param groups made by hand: build them with "
@@ -286,10 +304,22 @@ def plan_override(
     dataset_id, dataset = bundle.component(loader_id, "dataset", "the training dataset")
     if not isinstance(dataset, Mapping) or "transform" not in dataset:
         raise bundle.fail(f"the training dataset at {dataset_id!r} has no 'transform' to make meta batches with")
+    if _target_name(dataset) not in _ITEM_DATASETS:
+        # e.g. a PatchWSIDataset: its items are made by the dataset itself, so the transform alone cannot make them
+        raise bundle.fail(
+            f"the training dataset at {dataset_id!r} is a {_target_name(dataset) or 'component without _target_'}, "
+            f"not one of {sorted(_ITEM_DATASETS)} whose items are the datalist entries passed through 'transform'; "
+            "build a meta loader of held-out patches yourself and add the handler by hand (docs/bundle_integration.md)"
+        )
     transform = _ref(dataset["transform"]) or f"{dataset_id}#transform"
     handlers_id, handlers_value, handlers = _handler_list(bundle, trainer_id)
     if meta_data is None:
         meta_data, shown = _validation_cases(bundle, handlers_id, handlers)
+        if bundle.raw.get(shown) == bundle.raw.get(f"{dataset_id}#data"):
+            raise bundle.fail(
+                f"the validation cases ({shown}) are written exactly as the training cases ({dataset_id}#data): "
+                "meta batches must be held-out cases, never training cases; pass --meta_data with cases of their own"
+            )
         notes.append(
             f"meta batches: random crops of the validation cases ({shown}) through @{transform}, shuffled. The best "
             "model is still chosen on these cases: for a clean selection hold out cases of their own and pass "
@@ -303,6 +333,10 @@ def plan_override(
         "transform": f"@{transform}",
         "batch_size": f"@{loader_id}#batch_size" if "batch_size" in loader else 1,
         "num_workers": f"@{loader_id}#num_workers" if "num_workers" in loader else 0,
+        # cache as much as training does: a bundle whose training set is not cached in memory has no room for it
+        "cache_rate": f"@{dataset_id}#cache_rate" if "cache_rate" in dataset else (
+            1.0 if _target_name(dataset) == "CacheDataset" else 0.0
+        ),
     }
     handler: dict[str, Any] = {"_target_": "monai_metalr.MetaLRHandler", "meta_loader": f"@{META_LOADER_KEY}"}
     if "output_dir" in bundle.parser:
@@ -342,6 +376,26 @@ def plan_override(
     if preview:
         plan.groups = _preview_groups(bundle, network_id, notes)
     return plan
+
+
+def _of_network(bundle: _Bundle, params: str, network_id: str) -> bool:
+    """Whether ``params`` (``$@x.parameters()``) are the trainer's network's: ``x`` is its id, or an id its config
+    refers to (``"network": "$@network_def.to(@device)"``)."""
+    used = re.search(r"@([\w#:]+)\.parameters\(\)", params)
+    if used is None:
+        return False
+    name = used.group(1).replace("::", "#")
+    return name == network_id or f"@{name}" in json.dumps(bundle.raw.get(network_id)).replace("::", "#")
+
+
+def _same_format(multi_gpu_config: str | None, config_file: str) -> str | None:
+    """The default multi-GPU config in the training config's format (``multi_gpu_train.yaml`` beside ``train.yaml``)."""
+    if multi_gpu_config is None:
+        return None
+    path, suffix = Path(multi_gpu_config), Path(config_file).suffix
+    if path.name == "multi_gpu_train.json" and suffix != ".json":
+        return str(path.with_suffix(suffix))
+    return multi_gpu_config
 
 
 def _validation_cases(bundle: _Bundle, handlers_id: str | None, handlers: list) -> tuple[str, str]:
@@ -410,6 +464,8 @@ def _check_references(root: Path, config_file: str, multi_gpu_config: str | None
                 merge_kv(merged, k, v)
         text = json.dumps(overrides)
         for ref in sorted(set(re.findall(r"@([A-Za-z0-9_#:]+)", text))):
+            if ref.startswith(("#", ":")):  # relative to the key it sits under, which the override keeps
+                continue
             if ref.replace("::", "#") not in merged:
                 raise BundleError(f"{root / config_file}: the override would reference @{ref}, which is not defined")
 
@@ -441,6 +497,7 @@ def add_to_bundle(
     """
     root = Path(bundle_root)
     overwrite = _as_bool("overwrite", overwrite)
+    multi_gpu_config = _same_format(multi_gpu_config, config_file)
     plan = plan_override(root, config_file, multi_gpu_config, meta_data)
     out = root / output
     multi_out = out.with_name(f"{out.stem}_multi_gpu{out.suffix}")

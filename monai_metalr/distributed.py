@@ -64,8 +64,14 @@ def check_ranks_agree(description: Mapping[str, Any], timeout_s: float, what: st
         store.wait(keys, timedelta(seconds=float(timeout_s)))
     except RuntimeError:  # torch's DistStoreError is a RuntimeError
         missing = [r for r, key in enumerate(keys) if not store.check([key])]
+        if not missing:  # they all posted in the moment between the timeout and the check
+            raise RanksDisagreeError(
+                f"{what} on rank {rank} waited {timeout_s:g} s for the other ranks, which built their {what} only just "
+                "after that: raise dist_timeout"
+            ) from None
         raise RanksDisagreeError(
-            f"{what} on rank {rank} waited {timeout_s:g} s for rank(s) {missing} of {world}, which built no {what}: "
+            f"{what} on rank {rank} waited {timeout_s:g} s for rank(s) {missing} of {world}, which built no {what} "
+            f"(or are slower than dist_timeout, e.g. still caching data): "
             f"every rank must run the meta step, or the all-reduce of its hypergradient hangs. Attach the "
             f"MetaLRHandler on every rank: a multi-GPU config that slices the trainer's handlers per rank (the model "
             f"zoo's '@train#handlers[: -2 if dist.get_rank() > 0 else None]') drops a handler appended at the end, so "

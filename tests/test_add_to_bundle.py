@@ -51,7 +51,7 @@ def test_override_uses_only_merge_keys_monai_understands(spleen):
     assert override["optimizer#params"] == "$monai_metalr.param_groups(@network, @optimizer#lr)"
     assert override["train#trainer#train_handlers"] == "$[@metalr] + list(@train#handlers)"
     multi = json.loads((spleen / "configs" / "metalr_multi_gpu.json").read_text())
-    assert multi == {"train#trainer#train_handlers": "$[@metalr] + list(@train#handlers[: -2 if dist.get_rank() > 0 else None])"}
+    assert multi == {"train#trainer#train_handlers": "$[@metalr] + list((@train#handlers[: -2 if dist.get_rank() > 0 else None]) or [])"}
     printed = (spleen / "add_to_bundle.out").read_text()
     assert "python -m monai.bundle run --config_file \"['configs/train.json','configs/metalr.json']\"" in printed
     assert "torchrun --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run" in printed
@@ -146,8 +146,18 @@ def _save(root: Path, config: dict) -> None:
         (lambda c: c["train"]["trainer"].update(optimizer="@no_such_optimizer"),
          "train#trainer#optimizer references @no_such_optimizer, which the config does not define"),
         (lambda c: c["train"]["handlers"].pop(1), "the trainer has no ValidationHandler to take held-out cases from"),
+        (lambda c: c["train"]["dataset"].update({"_target_": "monai.data.PatchWSIDataset"}),
+         "is a PatchWSIDataset, not one of"),
+        (lambda c: c["validate"]["dataset"].update(data="$@datalist[:-2]"),
+         "the validation cases (validate#dataset#data) are written exactly as the training cases"),
+        (lambda c: c["train"]["trainer"].update(train_handlers="%train#handlers"),
+         "train#trainer#train_handlers is the macro '%train#handlers'"),
+        (lambda c: c.update(other={"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+                                   "channels": [4, 8], "strides": [2]})
+         or c["optimizer"].update(params="$@other.parameters()"), "optimizer#params is '$@other.parameters()'"),
     ],
-    ids=["no-trainer", "own-param-groups", "already-there", "dangling-reference", "no-validation"],
+    ids=["no-trainer", "own-param-groups", "already-there", "dangling-reference", "no-validation", "patch-dataset",
+         "meta-is-training", "macro-handlers", "another-network"],
 )
 def test_what_it_cannot_handle_is_named_and_nothing_is_written(tmp_path, breakage, message):
     root = write_spleen_like(tmp_path / "bundle", tmp_path / "data", n_cases=0)
@@ -206,3 +216,17 @@ def test_metalr_joins_the_resume_checkpoint_not_the_model_file(tmp_path):
     assert parser["train#handlers#4#load_dict"] == {**resume, "metalr": "@metalr"}
     assert parser["train#handlers#5#save_dict"] == {**resume, "metalr": "@metalr"}
     assert parser["validate#handlers#1#save_dict"] == {"model": "@network"}  # the best model stays a model file
+
+
+def test_yaml_bundle_finds_its_multi_gpu_config(tmp_path):
+    import yaml
+
+    root = write_spleen_like(tmp_path / "bundle", tmp_path / "data", n_cases=0)
+    for name in ("train", "multi_gpu_train"):
+        path = root / "configs" / f"{name}.json"
+        (root / "configs" / f"{name}.yaml").write_text(yaml.safe_dump(json.loads(path.read_text())))
+        path.unlink()
+    with pytest.raises(BundleError, match=r"no such training config \(there is train.yaml: pass --config_file\)"):
+        plan_override(root, preview=False)
+    plan = plan_override(root, config_file="configs/train.yaml", preview=False)
+    assert plan.multi_gpu_override is not None and any("multi_gpu_train.yaml sets" in n for n in plan.notes)

@@ -15,7 +15,9 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from monai.data import CacheDataset, DataLoader, Dataset
+import torch
+import torch.distributed as dist
+from monai.data import CacheDataset, DataLoader, Dataset, DistributedSampler
 from monai.transforms import Randomizable
 
 from ..values import as_number
@@ -57,7 +59,9 @@ def meta_loader(
         num_workers: worker processes; when positive they are persistent (the meta stream is drawn from every
             iteration, restarting workers each epoch would cost their start-up every epoch).
         cache_rate: share of the cases whose deterministic preprocessing is cached, in [0, 1].
-        seed: seed of the copied transform's random stream.
+        seed: seed of the copied transform's random stream (plus the rank under ``torch.distributed``) and of the
+            shuffling. Under ``torch.distributed`` each rank draws from its own shard of the cases
+            (``DistributedSampler``), so the ranks' meta batches differ.
         copy_transform: work on a re-seeded deep copy of ``transform`` (``False``: share it).
 
     Raises:
@@ -72,19 +76,28 @@ def meta_loader(
     cases = list(data)
     if not cases:
         raise ValueError("meta_loader: no held-out cases (data is empty); MetaLR needs meta batches")
+    # under torch.distributed every rank would otherwise draw the same meta batches (the same cases in the same
+    # order, the same crops), and the all-reduced hypergradient would average N copies of one: each rank gets its
+    # shard of the cases and a transform seed of its own
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, rank_count = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     if copy_transform:
         transform = copy.deepcopy(transform)
         if isinstance(transform, Randomizable):
-            transform.set_random_state(seed=seed)
+            transform.set_random_state(seed=seed + rank)
     dataset: Dataset = (
         CacheDataset(cases, transform, cache_rate=cache_rate, progress=False)
         if cache_rate > 0
         else Dataset(cases, transform)
     )
+    # distributed: each rank draws from its own shard of the cases (MetaLR's stream calls set_epoch on it)
+    sampler = DistributedSampler(dataset, shuffle=True, seed=seed) if rank_count > 1 else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
