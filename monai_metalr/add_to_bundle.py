@@ -114,12 +114,22 @@ class _Bundle:
         value = self.get(f"{owner}#{key}")
         if value is None:
             raise self.fail(f"{owner!r} has no {key!r} ({kind})")
-        target = _ref(value)
-        if target is None:
-            return f"{owner}#{key}", value
-        if target not in self.parser:
-            raise self.fail(f"{owner}#{key} references @{target}, which the config does not define")
-        return target, self.get(target)
+        return self.follow(f"{owner}#{key}", value)
+
+    def follow(self, at: str, value: Any) -> tuple[str, Any]:
+        """``(id, config)`` at the end of a chain of references starting with ``value`` (found at id ``at``)."""
+        for _ in range(16):
+            target = _ref(value)
+            if target is None:
+                return at, value
+            if target not in self.parser:
+                raise self.fail(f"{at} references @{target}, which the config does not define")
+            at, value = target, self.get(target)
+        raise self.fail(f"{at}: a chain of more than 16 references")
+
+    def items(self, list_id: str, entries: list) -> list[tuple[str, Any]]:
+        """``(id, config)`` of each entry of the list at ``list_id``, references followed (``"@stats"`` -> its id)."""
+        return [self.follow(f"{list_id}#{i}", entry) for i, entry in enumerate(entries)]
 
     def find(self, class_name: str, prefer: str) -> str:
         """The id of the one component whose ``_target_`` is ``class_name`` (``prefer`` first)."""
@@ -198,30 +208,29 @@ def _state_attributes(existing: Any, optimizer_id: str) -> str:
 
 
 def _checkpoint_edits(
-    bundle: _Bundle, lists: Mapping[str, list], optimizer_id: str, trainer_id: str, notes: list[str]
+    bundle: _Bundle, items: list[tuple[str, Any]], optimizer_id: str, trainer_id: str, notes: list[str]
 ) -> dict[str, Any]:
     """``"+<saver>#save_dict"`` / ``"+<loader>#load_dict"`` entries adding MetaLR where the optimizer is saved."""
     edits: dict[str, Any] = {}
-    for list_id, handlers in lists.items():
-        for i, handler in enumerate(handlers):
-            key = {"CheckpointSaver": "save_dict", "CheckpointLoader": "load_dict"}.get(_target_name(handler))
-            if key is None:
-                continue
-            entries = handler.get(key) or {}
-            refs = {_ref(v) for v in entries.values()} if isinstance(entries, Mapping) else set()
-            where = f"{list_id}#{i}"
-            if refs & {optimizer_id, trainer_id}:
-                edits[f"+{where}#{key}"] = {HANDLER_KEY: f"@{HANDLER_KEY}"}
-                notes.append(f"checkpoint: MetaLR's state added to the {_target_name(handler)} at {where} ({key})")
-                if key == "load_dict":
-                    notes.append(
-                        f"checkpoint: the loader at {where} now expects MetaLR's state too: a checkpoint written "
-                        "without MetaLR resumes without configs/metalr.json only"
-                    )
-            else:
+    for handler_id, handler in items:
+        key = {"CheckpointSaver": "save_dict", "CheckpointLoader": "load_dict"}.get(_target_name(handler))
+        if key is None:
+            continue
+        # the dict itself may be a reference ("save_dict": "@resume_dict"): extend it where it is defined
+        dict_id, entries = bundle.follow(f"{handler_id}#{key}", handler.get(key) or {})
+        saved = {bundle.follow(dict_id, v)[0] for v in entries.values() if _ref(v)} if isinstance(entries, Mapping) else set()
+        if saved & {optimizer_id, trainer_id}:
+            edits[f"+{dict_id}"] = {HANDLER_KEY: f"@{HANDLER_KEY}"}
+            notes.append(f"checkpoint: MetaLR's state added to the {_target_name(handler)} at {handler_id} ({key})")
+            if key == "load_dict":
                 notes.append(
-                    f"checkpoint: the {_target_name(handler)} at {where} holds no optimizer (a model file): left as it is"
+                    f"checkpoint: the loader at {handler_id} now expects MetaLR's state too: a checkpoint written "
+                    "without MetaLR resumes without configs/metalr.json only"
                 )
+        else:
+            notes.append(
+                f"checkpoint: the {_target_name(handler)} at {handler_id} holds no optimizer (a model file): left as it is"
+            )
     return edits
 
 
@@ -313,8 +322,9 @@ def plan_override(
         )
     transform = _ref(dataset["transform"]) or f"{dataset_id}#transform"
     handlers_id, handlers_value, handlers = _handler_list(bundle, trainer_id)
+    train_items = bundle.items(handlers_id, handlers) if handlers_id else []
     if meta_data is None:
-        meta_data, shown = _validation_cases(bundle, handlers_id, handlers)
+        meta_data, shown = _validation_cases(bundle, train_items)
         if bundle.raw.get(shown) == bundle.raw.get(f"{dataset_id}#data"):
             raise bundle.fail(
                 f"the validation cases ({shown}) are written exactly as the training cases ({dataset_id}#data): "
@@ -353,22 +363,22 @@ def plan_override(
     else:
         override[f"{trainer_id}#train_handlers"] = prepended
         notes.append(f"handler: MetaLRHandler first in {trainer_id}#train_handlers (before anything a rank may drop)")
-    for i, h in enumerate(handlers):
+    for where, h in train_items:
         name = _target_name(h)
-        if name in _LOGGERS and handlers_id is not None:
-            override[f"{handlers_id}#{i}#state_attributes"] = _state_attributes(h.get("state_attributes"), optimizer_id)
-            notes.append(f"logging: per-group LRs added to the state_attributes of the {name} at {handlers_id}#{i}")
+        if name in _LOGGERS:
+            override[f"{where}#state_attributes"] = _state_attributes(h.get("state_attributes"), optimizer_id)
+            notes.append(f"logging: per-group LRs added to the state_attributes of the {name} at {where}")
         elif name == "LrScheduleHandler":
             notes.append(
-                f"schedule: the LrScheduleHandler at {handlers_id}#{i} is kept; every step uses its scheduled LR times "
+                f"schedule: the LrScheduleHandler at {where} is kept; every step uses its scheduled LR times "
                 "MetaLR's multiplier, and the scheduler never sees the multipliers"
             )
-    if bundle.get(f"{trainer_id}#amp"):
+    _, amp = bundle.follow(f"{trainer_id}#amp", bundle.get(f"{trainer_id}#amp"))
+    if amp is True or (isinstance(amp, str) and amp.startswith("$")):
         notes.append("amp: kept; the meta step runs under the trainer's autocast and GradScaler")
 
-    lists = {handlers_id: handlers} if handlers_id else {}
-    lists.update(_validation_handler_lists(bundle, handlers))
-    override.update(_checkpoint_edits(bundle, lists, optimizer_id, trainer_id, notes))
+    handler_items = train_items + _validation_handler_items(bundle, train_items)
+    override.update(_checkpoint_edits(bundle, handler_items, optimizer_id, trainer_id, notes))
 
     plan = BundleOverride(override=override, notes=notes)
     plan.multi_gpu_override = _multi_gpu(root, config_file, multi_gpu_config, trainer_id, notes)
@@ -398,12 +408,12 @@ def _same_format(multi_gpu_config: str | None, config_file: str) -> str | None:
     return multi_gpu_config
 
 
-def _validation_cases(bundle: _Bundle, handlers_id: str | None, handlers: list) -> tuple[str, str]:
+def _validation_cases(bundle: _Bundle, items: list[tuple[str, Any]]) -> tuple[str, str]:
     """A reference to the validation dataset's ``data``, found through the trainer's ``ValidationHandler``."""
-    for i, h in enumerate(handlers):
+    for where, h in items:
         if _target_name(h) != "ValidationHandler":
             continue
-        evaluator_id, _ = bundle.component(f"{handlers_id}#{i}", "validator", "the evaluator")
+        evaluator_id, _ = bundle.component(where, "validator", "the evaluator")
         loader_id, _ = bundle.component(evaluator_id, "val_data_loader", "the validation loader")
         dataset_id, dataset = bundle.component(loader_id, "dataset", "the validation dataset")
         if isinstance(dataset, Mapping) and "data" in dataset:
@@ -412,19 +422,19 @@ def _validation_cases(bundle: _Bundle, handlers_id: str | None, handlers: list) 
     raise bundle.fail("the trainer has no ValidationHandler to take held-out cases from; pass --meta_data")
 
 
-def _validation_handler_lists(bundle: _Bundle, handlers: list) -> dict[str, list]:
-    """The ``val_handlers`` lists of the evaluators the trainer validates with (for their checkpoint handlers)."""
-    out: dict[str, list] = {}
-    for h in handlers:
+def _validation_handler_items(bundle: _Bundle, items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``(id, config)`` of the handlers of the evaluators the trainer validates with (for their checkpoints)."""
+    out: list[tuple[str, Any]] = []
+    for where, h in items:
         if _target_name(h) != "ValidationHandler":
             continue
-        evaluator = _ref(h.get("validator"))
-        value = bundle.get(f"{evaluator}#val_handlers") if evaluator else None
-        target = _ref(value)
-        if target and isinstance(bundle.get(target), list):
-            out[target] = bundle.get(target)
-        elif isinstance(value, list):
-            out[f"{evaluator}#val_handlers"] = value
+        evaluator_id, _ = bundle.component(where, "validator", "the evaluator")
+        value = bundle.get(f"{evaluator_id}#val_handlers")
+        if value is None:
+            continue
+        list_id, entries = bundle.follow(f"{evaluator_id}#val_handlers", value)
+        if isinstance(entries, list):
+            out += bundle.items(list_id, entries)
     return out
 
 
@@ -478,6 +488,7 @@ def add_to_bundle(
     meta_data: str | None = None,
     overwrite: bool = False,
     nproc_per_node: int = 2,
+    preview: bool = True,
 ) -> dict[str, Path]:
     """Write ``configs/metalr.json`` (and ``configs/metalr_multi_gpu.json`` when the bundle's multi-GPU config needs
     it) for the bundle at ``bundle_root`` and print what changed and the commands that run it.
@@ -488,6 +499,8 @@ def add_to_bundle(
         output: the override file to write, relative to ``bundle_root``; the multi-GPU one goes beside it.
         overwrite: replace existing override files.
         nproc_per_node: processes per node in the printed ``torchrun`` command.
+        preview: build the network to print its layer groups (``False`` for a network that downloads weights or
+            needs a GPU to be built).
 
     Returns:
         ``{"override": path, "multi_gpu_override": path}`` (the second only when written).
@@ -498,7 +511,7 @@ def add_to_bundle(
     root = Path(bundle_root)
     overwrite = _as_bool("overwrite", overwrite)
     multi_gpu_config = _same_format(multi_gpu_config, config_file)
-    plan = plan_override(root, config_file, multi_gpu_config, meta_data)
+    plan = plan_override(root, config_file, multi_gpu_config, meta_data, preview=_as_bool("preview", preview))
     out = root / output
     multi_out = out.with_name(f"{out.stem}_multi_gpu{out.suffix}")
     targets = {"override": (out, plan.override)}

@@ -230,3 +230,22 @@ def test_yaml_bundle_finds_its_multi_gpu_config(tmp_path):
         plan_override(root, preview=False)
     plan = plan_override(root, config_file="configs/train.yaml", preview=False)
     assert plan.multi_gpu_override is not None and any("multi_gpu_train.yaml sets" in n for n in plan.notes)
+
+
+def test_handlers_and_checkpoint_dicts_given_by_reference(tmp_path):
+    """Handlers listed as references ("@stats") and a save_dict defined elsewhere are followed to their ids."""
+    root = write_spleen_like(tmp_path / "bundle", tmp_path / "data", n_cases=0)
+    config = _config(root)
+    config["stats"] = config["train"]["handlers"][2]
+    config["train"]["handlers"][2] = "@stats"
+    config["resume_dict"] = {"model": "@network", "optimizer": "@optimizer"}
+    config["train"]["handlers"].append(
+        {"_target_": "CheckpointSaver", "save_dir": "@ckpt_dir", "save_dict": "@resume_dict", "save_interval": 1}
+    )
+    config["use_amp"] = False
+    config["train"]["trainer"]["amp"] = "@use_amp"
+    _save(root, config)
+    plan = plan_override(root, preview=False)
+    assert "stats#state_attributes" in plan.override and "train#handlers#2#state_attributes" not in plan.override
+    assert plan.override["+resume_dict"] == {"metalr": "@metalr"}
+    assert not any(n.startswith("amp") for n in plan.notes)
