@@ -6,6 +6,8 @@ Every strategy is built from ``(name, network, lr, head_lr, groups)`` by :func:`
   ``"name"`` (the layer-group name of :func:`monai_metalr.layer_groups`, ordered input -> output; the last
   group is the head);
 - :meth:`~FineTuningStrategy.wrap_loss`: the training loss (only ``l2sp`` adds a penalty);
+- :meth:`~FineTuningStrategy.optimizer_class`: the optimizer class, the bundle's default (Adam) except for the
+  optimizer peers ``prodigy``, ``dadaptation`` (LR-free: every group at ``lr=1.0``) and ``schedulefree``;
 - :meth:`~FineTuningStrategy.handlers`: Ignite handlers for a MONAI ``SupervisedTrainer`` (the epoch-wise
   freezing schedule, logging, and for ``metalr`` the :class:`~monai_metalr.MetaLRHandler`).
 
@@ -14,7 +16,8 @@ Bundle config::
     "strategy": "lpft", "strategy_kwargs": {"probe_epochs": 5},
     "strategy_def": "$monai_metalr.strategies.make_strategy(@strategy, @network, lr=@lr, head_lr=@head_lr,
                      **@strategy_kwargs)",
-    "optimizer": {"_target_": "torch.optim.Adam", "params": "$@strategy_def.param_groups()"},
+    "optimizer": {"_target_": "$@strategy_def.optimizer_class(torch.optim.Adam)",
+                  "params": "$@strategy_def.param_groups()"},
     "loss": "$@strategy_def.wrap_loss(@base_loss)",
     train handlers: "$@strategy_def.handlers(meta_loader=@meta#dataloader, output_dir=@output_dir, **@metalr_kwargs)"
 
@@ -26,13 +29,16 @@ inside every iteration, after ``ITERATION_STARTED``), so BatchNorm running stati
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
 from monai.utils import min_version, optional_import
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from .groups import GroupsSpec, layer_groups, param_groups, unwrap_model
 
@@ -43,16 +49,21 @@ else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
 __all__ = [
+    "L2SP",
+    "LPFT",
     "STRATEGIES",
     "AllLayers",
     "Bidirectional",
+    "DAdaptation",
     "FineTuningStrategy",
-    "L2SP",
+    "Hypergradient",
+    "HypergradientDescent",
     "L2SPLoss",
-    "LPFT",
     "LastLayer",
     "LayerDecay",
     "MetaLRStrategy",
+    "Prodigy",
+    "ScheduleFree",
     "StrategyHandler",
     "make_strategy",
 ]
@@ -167,6 +178,14 @@ class FineTuningStrategy:
         """Optimizer parameter groups ``{"params", "lr", "name"}``, input -> output order."""
         lrs = self.group_lrs()
         return [{"params": list(self.group_params[g]), "lr": lrs[g], "name": g} for g in self.optimized_groups()]
+
+    def optimizer_class(self, default: type[Optimizer]) -> type[Optimizer]:
+        """The optimizer class to build with :meth:`param_groups`: ``default`` (the bundle's ``torch.optim.Adam``)
+        for every strategy except ``prodigy``, ``dadaptation`` and ``schedulefree``, which return their package's."""
+        return default
+
+    def attach(self, engine: Engine) -> None:
+        """Extra Ignite handlers of the strategy, registered by :meth:`StrategyHandler.attach`; none here."""
 
     # ------------------------------------------------------------------ loss and handlers
     def wrap_loss(self, loss_function: Callable) -> Callable:
@@ -548,8 +567,281 @@ class MetaLRStrategy(FineTuningStrategy):
         return [StrategyHandler(self), MetaLRHandler(meta_loader, output_dir=output_dir, **metalr_kwargs)]
 
 
+def _import_optimizer(strategy: str, package: str, module: str, attr: str) -> type[Optimizer]:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f"strategy {strategy!r} needs the package {package!r} (pip install {package}); it is a dependency of "
+            "monai-metalr, reinstall it"
+        ) from e
+    return getattr(mod, attr)
+
+
+class _PackageOptimizer(FineTuningStrategy):
+    """Every layer group trains (as ``all_layers``), with an optimizer from a package instead of Adam.
+
+    :meth:`optimizer_class` returns the package's class whatever the bundle's default; :meth:`param_groups`
+    puts the strategy's LR and ``optimizer_kwargs`` into every group (so they override the bundle's
+    ``optimizer#lr``; the bundle's ``weight_decay`` still applies).
+
+    Args:
+        optimizer_kwargs: further arguments of the package's optimizer (e.g. ``d_coef``, ``betas``,
+            ``warmup_steps``), put into every parameter group; names it does not take are a ``TypeError``.
+    """
+
+    package: ClassVar[str] = ""
+    module: ClassVar[str] = ""
+    attr: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        lr: float,
+        head_lr: float | None = None,
+        groups: GroupsSpec = "auto",
+        optimizer_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(network, lr, head_lr, groups)
+        self.optimizer_cls = _import_optimizer(self.name, self.package, self.module, self.attr)
+        kwargs = dict(optimizer_kwargs or {})
+        accepted = [
+            p for p in inspect.signature(self.optimizer_cls.__init__).parameters if p not in ("self", "params", "lr")
+        ]
+        unknown = sorted(k for k in kwargs if k not in accepted)
+        if unknown:
+            raise TypeError(
+                f"strategy {self.name!r}: optimizer_kwargs {unknown} are not arguments of "
+                f"{self.optimizer_cls.__module__}.{self.optimizer_cls.__name__} (it takes {accepted})"
+            )
+        self.optimizer_kwargs = kwargs
+
+    def optimizer_class(self, default: type[Optimizer]) -> type[Optimizer]:
+        return self.optimizer_cls
+
+    def param_groups(self) -> list[dict]:
+        return [{**group, **self.optimizer_kwargs} for group in super().param_groups()]
+
+
+class _LRFree(_PackageOptimizer):
+    """An LR-free optimizer: it estimates the step size ``d`` itself, and every group's ``lr`` is a multiplier of
+    ``d``, 1.0 by the packages' convention. The bundle's ``lr`` / ``head_lr`` are validated and then ignored
+    (the head gets the same multiplier as the rest: one ``d`` for the whole network).
+
+    Args:
+        lr_scale: the ``lr`` (multiplier of ``d``) of every group; 1.0 is the packages' recommendation.
+        optimizer_kwargs: as for the package's optimizer (``d_coef``, ``betas``, ``growth_rate``, ...).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        lr: float,
+        head_lr: float | None = None,
+        groups: GroupsSpec = "auto",
+        lr_scale: float = 1.0,
+        optimizer_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        _check_positive(self.name, "lr_scale", lr_scale)
+        super().__init__(network, lr, head_lr, groups, optimizer_kwargs)
+        self.lr_scale = float(lr_scale)
+        logger.info(
+            f"strategy {self.name}: LR-free ({self.package}); every group at lr={self.lr_scale} (a multiplier of the "
+            f"learned step size), the bundle's lr={self.lr} / head_lr={self.head_lr} are not used"
+        )
+
+    def group_lrs(self) -> dict[str, float]:
+        return {g: self.lr_scale for g in self.optimized_groups()}
+
+
+class Prodigy(_LRFree):
+    """``prodigy``: every group trains with ``prodigyopt.Prodigy`` (Mishchenko & Defazio, ICML 2024), an Adam
+    whose step size is estimated online; every group at ``lr=lr_scale`` (1.0), the bundle's LRs unused.
+    Prodigy uses decoupled (AdamW-style) weight decay by default; its authors recommend a cosine schedule
+    (``lr_schedule="cosine"``) and ``optimizer_kwargs={"safeguard_warmup": True}``
+    when warming up."""
+
+    name = "prodigy"
+    package = "prodigyopt"
+    module = "prodigyopt"
+    attr = "Prodigy"
+
+
+class DAdaptation(_LRFree):
+    """``dadaptation``: every group trains with ``dadaptation.DAdaptAdam`` (Defazio & Mishchenko, ICML 2023),
+    Adam with D-Adaptation of the step size; every group at ``lr=lr_scale`` (1.0), the bundle's LRs unused.
+    Weight decay is Adam-style L2 unless ``optimizer_kwargs={"decouple": True}``."""
+
+    name = "dadaptation"
+    package = "dadaptation"
+    module = "dadaptation"
+    attr = "DAdaptAdam"
+
+
+class ScheduleFree(_PackageOptimizer):
+    """``schedulefree``: every group trains with ``schedulefree.AdamWScheduleFree`` (Defazio et al., NeurIPS 2024).
+
+    Not LR-free: groups at the bundle's ``lr``, the head at ``head_lr``; it replaces the LR schedule (keep
+    ``lr_schedule="constant"``; warm-up via ``optimizer_kwargs={"warmup_steps": n}``). The optimizer keeps two
+    weight sequences and must be told which one the network holds: :meth:`attach` (run by
+    :class:`StrategyHandler`) calls ``optimizer.train()`` at every ``ITERATION_STARTED`` and
+    ``optimizer.eval()`` (the averaged weights, the ones to validate and save) at every ``EPOCH_COMPLETED``
+    and at ``COMPLETED``. Put the :class:`StrategyHandler` before ``ValidationHandler`` and checkpoint
+    savers in ``train_handlers`` (the bundles do), so the switch runs first. BatchNorm running statistics
+    are those collected with the training weights (not recomputed for the averaged ones).
+    """
+
+    name = "schedulefree"
+    package = "schedulefree"
+    module = "schedulefree"
+    attr = "AdamWScheduleFree"
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_STARTED, self._train_mode)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._eval_mode)
+        engine.add_event_handler(Events.COMPLETED, self._eval_mode)
+
+    @staticmethod
+    def _optimizer(engine: Engine) -> Any:
+        optimizer = getattr(engine, "optimizer", None)
+        if optimizer is None or not hasattr(optimizer, "train") or not hasattr(optimizer, "eval"):
+            raise TypeError(
+                "strategy 'schedulefree': the trainer's optimizer must be schedulefree.AdamWScheduleFree "
+                f"(build it with strategy.optimizer_class(...)), got {type(optimizer).__name__}"
+            )
+        return optimizer
+
+    def _train_mode(self, engine: Engine) -> None:
+        self._optimizer(engine).train()
+
+    def _eval_mode(self, engine: Engine) -> None:
+        self._optimizer(engine).eval()
+
+
+class HypergradientDescent:
+    """Per-group hypergradient descent on the learning rate (Baydin et al., ICLR 2018), on any ``torch.optim``
+    optimizer whose step is ``lr`` times a direction (SGD, Adam; the "Adam-HD" of the paper for Adam).
+
+    Before every ``optimizer.step()`` (a step pre-hook), for each param group ``j`` with parameters ``w``:
+    ``h_j = -sum(grad_t * u_{t-1})`` over the group, where ``u_{t-1} = (w_{t-2} - w_{t-1}) / lr_j`` is the
+    previous step's update direction (so ``d w_{t-1} / d lr_j = -u_{t-1}`` and ``h_j`` is
+    ``d L(w_{t-1}) / d lr_j``), and ``lr_j <- max(lr_j - beta * h_j, min_lr_factor * initial lr_j)``; the step then
+    runs at the new ``lr_j``. No extra forward or backward pass: the current training gradient and the last
+    update only. The first step (and the first after a resume, the direction is not checkpointed) has no
+    previous direction and leaves the LRs alone. Parameters whose ``.grad`` is ``None`` (frozen) are skipped.
+    An LR scheduler that sets LRs from base values (e.g. cosine) overwrites the learned ones: use
+    ``lr_schedule="constant"``.
+
+    Args:
+        optimizer: the optimizer; the hooks are registered on it at construction (:meth:`remove` removes them).
+        beta: the hypergradient learning rate (the paper: 1e-7 for Adam, 1e-3 for SGD).
+        min_lr_factor: floor of every group's LR, as a fraction of its LR at construction (> 0).
+    """
+
+    def __init__(self, optimizer: Optimizer, beta: float = 1e-7, min_lr_factor: float = 1e-3) -> None:
+        _check_positive("hypergradient", "beta", beta)
+        _check_positive("hypergradient", "min_lr_factor", min_lr_factor)
+        self.optimizer = optimizer
+        self.beta = float(beta)
+        self.floors = [float(g["lr"]) * float(min_lr_factor) for g in optimizer.param_groups]
+        self._before: list[list[Tensor | None]] = []
+        self._direction: list[list[Tensor | None]] | None = None
+        self._hooks = [
+            optimizer.register_step_pre_hook(self._pre_step),
+            optimizer.register_step_post_hook(self._post_step),
+        ]
+
+    def _pre_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        for j, group in enumerate(optimizer.param_groups):
+            if self._direction is not None:
+                dots = [
+                    (p.grad.detach().double() * u.double()).sum()
+                    for p, u in zip(group["params"], self._direction[j])
+                    if p.grad is not None and u is not None
+                ]
+                h = -float(torch.stack(dots).sum()) if dots else 0.0  # one device sync per group
+                group["lr"] = max(float(group["lr"]) - self.beta * h, self.floors[j])
+        self._before = [
+            [p.detach().clone() if p.grad is not None else None for p in g["params"]] for g in optimizer.param_groups
+        ]
+
+    def _post_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        self._direction = [
+            [None if w0 is None else (w0 - p.detach()) / float(g["lr"]) for p, w0 in zip(g["params"], before)]
+            for g, before in zip(optimizer.param_groups, self._before)
+        ]
+        self._before = []
+
+    def remove(self) -> None:
+        """Remove the optimizer hooks."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+
+class Hypergradient(FineTuningStrategy):
+    """``hypergradient``: every group trains with the bundle's optimizer (Adam), each group's LR learned online
+    by :class:`HypergradientDescent` (Baydin et al., ICLR 2018), starting from groups ``lr``, head ``head_lr``.
+
+    :meth:`attach` (run by :class:`StrategyHandler` at attach time) puts the hooks on ``engine.optimizer`` at
+    ``Events.STARTED``, and logs the groups' LRs at every ``EPOCH_COMPLETED``.
+
+    Args:
+        beta: the hypergradient learning rate (1e-7, the paper's value for Adam).
+        min_lr_factor: floor of every group's LR, as a fraction of its initial LR.
+    """
+
+    name = "hypergradient"
+
+    def __init__(
+        self,
+        network: nn.Module,
+        lr: float,
+        head_lr: float | None = None,
+        groups: GroupsSpec = "auto",
+        beta: float = 1e-7,
+        min_lr_factor: float = 1e-3,
+    ) -> None:
+        _check_positive(self.name, "beta", beta)
+        _check_positive(self.name, "min_lr_factor", min_lr_factor)
+        super().__init__(network, lr, head_lr, groups)
+        self.beta = float(beta)
+        self.min_lr_factor = float(min_lr_factor)
+        self.hd: HypergradientDescent | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._log)
+
+    def _started(self, engine: Engine) -> None:
+        if self.hd is None or self.hd.optimizer is not engine.optimizer:
+            if self.hd is not None:
+                self.hd.remove()
+            self.hd = HypergradientDescent(engine.optimizer, self.beta, self.min_lr_factor)
+
+    def _log(self, engine: Engine) -> None:
+        lrs = {g.get("name", str(j)): float(g["lr"]) for j, g in enumerate(engine.optimizer.param_groups)}
+        engine.state.hypergradient_lrs = lrs
+        logger.info(
+            f"strategy {self.name}: epoch {engine.state.epoch}: lr " + ", ".join(f"{k}={v:.3g}" for k, v in lrs.items())
+        )
+
+
 _REGISTRY: dict[str, type[FineTuningStrategy]] = {
-    cls.name: cls for cls in (LastLayer, AllLayers, LayerDecay, Bidirectional, L2SP, LPFT, MetaLRStrategy)
+    cls.name: cls
+    for cls in (
+        LastLayer,
+        AllLayers,
+        LayerDecay,
+        Bidirectional,
+        L2SP,
+        LPFT,
+        MetaLRStrategy,
+        Prodigy,
+        DAdaptation,
+        ScheduleFree,
+        Hypergradient,
+    )
 }
 
 #: names accepted by :func:`make_strategy`
@@ -570,13 +862,15 @@ def make_strategy(
 
     Args:
         name: one of :data:`STRATEGIES`: ``last_layer``, ``all_layers``, ``layer_decay``, ``bidirectional``,
-            ``l2sp``, ``lpft``, ``metalr``.
+            ``l2sp``, ``lpft``, ``metalr``, ``prodigy``, ``dadaptation``, ``schedulefree``,
+            ``hypergradient``.
         network: the pre-trained network (wrappers are seen through).
         lr: learning rate of the non-head groups.
         head_lr: learning rate of the head (last layer group); ``None`` means ``lr``.
         groups: layer groups, as for :func:`monai_metalr.layer_groups`.
         kwargs: the strategy's own arguments (``separate_head``; ``decay``; ``epochs_per_stage``,
-            ``directions``; ``alpha``, ``beta``; ``probe_epochs``).
+            ``directions``; ``alpha``, ``beta``; ``probe_epochs``; ``lr_scale``, ``optimizer_kwargs``; ``beta``,
+            ``min_lr_factor``).
 
     Raises:
         ValueError: an unknown name (the message lists the valid ones), or a bad argument value.
@@ -612,9 +906,11 @@ class StrategyHandler:
         self.strategy = strategy
 
     def attach(self, engine: Engine) -> None:
-        """Register the ``STARTED`` and ``EPOCH_STARTED`` handlers."""
+        """Register the ``STARTED`` and ``EPOCH_STARTED`` handlers, and the strategy's own
+        (:meth:`FineTuningStrategy.attach`; ``schedulefree``'s train/eval switching)."""
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        self.strategy.attach(engine)
 
     def _started(self, engine: Engine) -> None:
         network = getattr(engine, "network", None)

@@ -12,11 +12,12 @@ A class-balanced subset of the train slabs is the (small) training set, a class-
 slabs is both MetaLR's meta set and the model-selection set (best val macro-F1), and every unambiguous tile of
 the test slabs is the test set.
 
-Every run is a MONAI ``SupervisedTrainer`` (Adam) built by :func:`monai_metalr.strategies.make_strategy`;
+Every run is a MONAI ``SupervisedTrainer`` (Adam, or the optimizer of ``prodigy`` / ``dadaptation`` /
+``schedulefree``) built by :func:`monai_metalr.strategies.make_strategy`;
 results are appended to ``<out>/runs.jsonl`` (an interrupted study resumes where it stopped), each run's
 folder keeps its best model, MetaLR's ``metalr_lr.csv``/``.png`` and the test predictions.
 
-    python studies/liver_ct_tiles.py --out study_output/tiles                        # 7 strategies x 5 seeds
+    python studies/liver_ct_tiles.py --out study_output/tiles                        # every strategy x 5 seeds
     python studies/liver_ct_tiles.py --out study_output/tiles --fractions 0.1 0.25 0.5 --seeds 0 1 2
     python studies/liver_ct_tiles.py --out study_output/tiles --strategies metalr --hyper_lr 0.1 --variant @0.1
     python studies/liver_ct_tiles.py --out study_output/tiles --strategies metalr --hyper_lr 0 --variant @0 \
@@ -186,7 +187,7 @@ def train_one(strategy: str, seed: int, data: dict[str, Any], run_dir: Path, arg
     pretrained = {k: v.clone() for k, v in network.state_dict().items()}
     kwargs = {**STRATEGY_KWARGS.get(strategy, {}), **args.strategy_kwargs}
     strat = make_strategy(strategy, network, lr=args.lr, head_lr=args.head_lr, **kwargs)
-    optimizer = torch.optim.Adam(strat.param_groups())
+    optimizer = strat.optimizer_class(torch.optim.Adam)(strat.param_groups())
     val_loader = _loader(*data["val"][:2], args.batch_size, False, seed)
     meta_loader = _loader(*data["val"][:2], args.batch_size, True, seed + 1000)
     post = Compose([Activationsd("pred", softmax=True), AsDiscreted("label", to_onehot=len(CLASSES))])

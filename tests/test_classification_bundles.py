@@ -275,7 +275,7 @@ def test_pocus_paper_protocol_tests_on_the_chosen_pickle_fold(tmp_path):
 
 
 @pytest.mark.parametrize("strategy", ["last_layer", "all_layers", "layer_decay", "bidirectional", "l2sp", "lpft",
-                                      "metalr"])
+                                      "metalr", "prodigy", "dadaptation", "schedulefree", "hypergradient"])
 def test_one_config_key_selects_the_strategy(strategy, tmp_path):
     from monai.bundle import ConfigParser
 
@@ -286,7 +286,10 @@ def test_one_config_key_selects_the_strategy(strategy, tmp_path):
     parser.read_config(str(BUNDLES / "busi_classification" / "configs" / "train.json"))
     parser.update({"strategy": strategy, "dataset_dir": str(make_busi(tmp_path)), "output_dir": str(tmp_path / "o"),
                    "pretrained": False, "cache": "none", "num_workers": 0})
-    groups = parser.get_parsed_content("optimizer").param_groups
+    optimizer = parser.get_parsed_content("optimizer")
+    expected = {"prodigy": "Prodigy", "dadaptation": "DAdaptAdam", "schedulefree": "AdamWScheduleFree"}
+    assert type(optimizer).__name__ == expected.get(strategy, "Adam")
+    groups = optimizer.param_groups
     names, lrs = [g["name"] for g in groups], [g["lr"] for g in groups]
     assert names[-1] == "head"
     handlers = parser.get_parsed_content("train#handlers")
@@ -299,6 +302,23 @@ def test_one_config_key_selects_the_strategy(strategy, tmp_path):
         assert lrs == pytest.approx([1e-2 * 0.7 ** (len(names) - 1 - j) for j in range(len(names))])
     elif strategy == "all_layers":
         assert set(lrs) == {1e-3}
+    elif strategy in ("prodigy", "dadaptation"):  # LR-free: every group at 1.0, the bundle's lr / head_lr unused
+        assert set(lrs) == {1.0}
+    elif strategy in ("schedulefree", "hypergradient"):  # groups lr, head head_lr (hypergradient: initial LRs)
+        assert lrs == [1e-3] * (len(names) - 1) + [1e-2]
+
+
+def test_prodigy_strategy_trains_in_the_bundle(tmp_path):
+    data = make_busi(tmp_path / "data")
+    out = tmp_path / "out"
+    bundle_cli("busi_classification", "run", ["train.json"], tmp_path, dataset_dir=data, output_dir=out,
+               strategy="prodigy", **TINY)
+    final = torch.load(out / "checkpoint_final.pt", weights_only=True)
+    initial = get_classifier("efficientnet_lite0", 3).state_dict()
+    assert not torch.equal(initial["_fc.weight"], final["model"]["_fc.weight"])
+    assert {g["lr"] for g in final["optimizer"]["param_groups"]} == {1.0}
+    assert all("d" in g for g in final["optimizer"]["param_groups"])  # Prodigy's state, not Adam's
+    assert not (out / "metalr_lr.csv").exists()
 
 
 def test_last_layer_strategy_trains_only_the_head_in_the_bundle(tmp_path):

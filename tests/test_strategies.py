@@ -61,7 +61,7 @@ def _run(net, strategy, epochs: int, iters: int = 3, weight_decay: float = 1e-2,
     """Train with Adam (weight decay on, gradients zeroed rather than dropped: MONAI's default); returns the
     state at the start and after every epoch, and the trainer."""
     snaps = [_snapshot(net)]
-    opt = torch.optim.Adam(strategy.param_groups(), weight_decay=weight_decay)
+    opt = strategy.optimizer_class(torch.optim.Adam)(strategy.param_groups(), weight_decay=weight_decay)
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=epochs,
@@ -93,7 +93,8 @@ def _changed_groups(before: dict, after: dict) -> dict[str, tuple[bool, bool]]:
 
 
 def test_registry_and_argument_errors():
-    assert STRATEGIES == ("last_layer", "all_layers", "layer_decay", "bidirectional", "l2sp", "lpft", "metalr")
+    assert STRATEGIES == ("last_layer", "all_layers", "layer_decay", "bidirectional", "l2sp", "lpft", "metalr",
+                          "prodigy", "dadaptation", "schedulefree", "hypergradient")
     net = TinyNet()
     with pytest.raises(ValueError, match="unknown fine-tuning strategy 'nope'.*last_layer.*metalr"):
         make_strategy("nope", net, 1e-3)
@@ -412,3 +413,200 @@ def test_ddp_wrapped_networks_need_find_unused_parameters():
     engine = SimpleNamespace(network=_fake_ddp(bare.inner, find_unused=False), optimizer=None)
     with pytest.raises(ValueError, match="find_unused_parameters"):
         StrategyHandler(bare)._started(engine)
+
+
+# ---------------------------------------------------------------------------------------------- optimizer peers
+
+
+def _resnet_run(strategy_name: str, epochs: int = 2, **kw):
+    """A MONAI resnet10 (2D) fine-tuned by ``strategy_name`` in a SupervisedTrainer, the optimizer built as the
+    bundles build it; returns (start weights, end weights, first-epoch and last-epoch mean losses, trainer)."""
+    torch.manual_seed(0)
+    net = resnet10(spatial_dims=2, n_input_channels=1, num_classes=3)
+    strategy = make_strategy(strategy_name, net, lr=1e-3, head_lr=1e-2, **kw)
+    opt = strategy.optimizer_class(torch.optim.Adam)(strategy.param_groups(), lr=1e-3, weight_decay=1e-4)
+    before = _snapshot(net)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=epochs, train_data_loader=_data(4, seed=1), network=net,
+        optimizer=opt, loss_function=LOSS, train_handlers=strategy.handlers(),
+    )
+    losses: dict[int, list[float]] = {}
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: losses.setdefault(e.state.epoch, []).append(e.state.output[0]["loss"])
+    )
+    trainer.run()
+    mean = [sum(v) / len(v) for _, v in sorted(losses.items())]
+    return before, _snapshot(net), mean, trainer
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"), [("prodigy", "prodigyopt.Prodigy"), ("dadaptation", "dadaptation.DAdaptAdam")]
+)
+def test_lr_free_peers_use_their_package_at_lr_one_and_train(name, cls):
+    module, attr = cls.split(".")
+    optimizer_cls = getattr(__import__(module), attr)
+    strategy = make_strategy(name, TinyNet(), lr=1e-3, head_lr=1e-2)
+    assert strategy.optimizer_class(torch.optim.Adam) is optimizer_cls
+    assert [(g["name"], g["lr"]) for g in strategy.param_groups()] == [(g, 1.0) for g in GROUPS]  # bundle LRs unused
+    scaled = make_strategy(name, TinyNet(), lr=1e-3, lr_scale=0.5, optimizer_kwargs={"d0": 1e-5})
+    assert {(g["lr"], g["d0"]) for g in scaled.param_groups()} == {(0.5, 1e-5)}
+    with pytest.raises(TypeError, match=f"strategy '{name}'.*optimizer_kwargs.*nope"):
+        make_strategy(name, TinyNet(), lr=1e-3, optimizer_kwargs={"nope": 1})
+    with pytest.raises(ValueError, match=f"strategy '{name}'.*lr_scale"):
+        make_strategy(name, TinyNet(), lr=1e-3, lr_scale=0)
+    before, after, losses, trainer = _resnet_run(name, epochs=3)
+    opt = trainer.optimizer
+    assert type(opt) is optimizer_cls and [g["lr"] for g in opt.param_groups] == [1.0] * 6
+    assert all(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
+    assert opt.param_groups[0]["d"] > 1e-6  # the step size estimate grew from d0
+    assert losses[-1] < losses[0]
+
+
+def test_schedulefree_uses_the_bundle_lrs_and_switches_train_eval_at_the_right_events():
+    from schedulefree import AdamWScheduleFree
+
+    kw = {"optimizer_kwargs": {"warmup_steps": 2}}
+    strategy = make_strategy("schedulefree", TinyNet(), lr=1e-3, head_lr=1e-2, **kw)
+    assert strategy.optimizer_class(torch.optim.Adam) is AdamWScheduleFree
+    assert [(g["lr"], g["warmup_steps"]) for g in strategy.param_groups()] == [(1e-3, 2)] * 3 + [(1e-2, 2)]
+    modes: list[tuple[str, bool]] = []
+
+    def record(tag):
+        return lambda e: modes.append((tag, e.optimizer.param_groups[0]["train_mode"]))
+
+    torch.manual_seed(0)
+    net = resnet10(spatial_dims=2, n_input_channels=1, num_classes=3)
+    strategy = make_strategy("schedulefree", net, lr=1e-3, head_lr=1e-2)
+    opt = strategy.optimizer_class(torch.optim.Adam)(strategy.param_groups())
+    assert opt.param_groups[0]["train_mode"] is False  # the package starts in eval mode
+    before = _snapshot(net)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=2, train_data_loader=_data(3, seed=1), network=net, optimizer=opt,
+        loss_function=LOSS, train_handlers=strategy.handlers(),
+    )
+    # registered after the strategy's handlers, as ValidationHandler and the checkpoint savers are in the bundles
+    trainer.add_event_handler(Events.ITERATION_STARTED, record("iteration"))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, record("validate"))
+    trainer.add_event_handler(Events.COMPLETED, record("save"))
+    trainer.run()
+    assert modes == [("iteration", True)] * 3 + [("validate", False)] + [("iteration", True)] * 3 + [
+        ("validate", False), ("save", False)]
+    assert all(not torch.equal(before[k], v) for k, v in _snapshot(net).items() if k.endswith("weight"))
+    # eval mode holds the averaged weights x; train() swaps in the interpolation y (they differ after training)
+    x = [p.detach().clone() for p in net.parameters()]
+    opt.train()
+    assert any(not torch.equal(a, p) for a, p in zip(x, net.parameters()))
+    opt.eval()
+    assert all(torch.allclose(a, p) for a, p in zip(x, net.parameters()))
+    _, _, losses, _ = _resnet_run("schedulefree", epochs=3)
+    assert losses[-1] < losses[0]
+
+
+def test_schedulefree_handler_names_a_wrong_optimizer():
+    strategy = make_strategy("schedulefree", TinyNet(), lr=1e-3)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=_data(1, seed=1), network=strategy.network,
+        optimizer=torch.optim.Adam(strategy.param_groups()), loss_function=LOSS, train_handlers=strategy.handlers(),
+    )
+    with pytest.raises(TypeError, match="schedulefree.AdamWScheduleFree.*got Adam"):
+        trainer.run()
+
+
+def test_missing_optimizer_package_is_a_clear_import_error(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "prodigyopt", None)  # `import prodigyopt` raises ImportError
+    with pytest.raises(ImportError, match=r"strategy 'prodigy' needs the package 'prodigyopt' \(pip install"):
+        make_strategy("prodigy", TinyNet(), lr=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- hypergradient
+
+
+def _two_group_problem(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(8, 3, generator=g, dtype=torch.float64), torch.randn(8, 2, generator=g, dtype=torch.float64)
+    lin = nn.Linear(3, 2).double()
+    return lin, (lambda: ((lin(x) - y) ** 2).mean())
+
+
+def _grads(lin, loss_fn):
+    lin.zero_grad()
+    loss_fn().backward()
+    return lin.weight.grad.clone(), lin.bias.grad.clone()
+
+
+def test_hypergradient_sgd_update_matches_the_hand_computation():
+    from monai_metalr.strategies import HypergradientDescent
+
+    lin, loss_fn = _two_group_problem()
+    opt = torch.optim.SGD([{"params": [lin.weight], "lr": 0.1}, {"params": [lin.bias], "lr": 0.05}])
+    beta = 0.01
+    hd = HypergradientDescent(opt, beta=beta)
+    w0, b0 = lin.weight.detach().clone(), lin.bias.detach().clone()
+    gw1, gb1 = _grads(lin, loss_fn)
+    opt.step()  # no previous direction: the LRs stay
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.05]
+    w1, b1 = lin.weight.detach().clone(), lin.bias.detach().clone()
+    assert torch.allclose(w1, w0 - 0.1 * gw1) and torch.allclose(b1, b0 - 0.05 * gb1)
+    gw2, gb2 = _grads(lin, loss_fn)
+    opt.step()
+    # SGD's direction is the gradient: h = -g2 . g1, lr <- lr - beta * h = lr + beta * g2 . g1, per group
+    lr_w, lr_b = 0.1 + beta * float((gw2 * gw1).sum()), 0.05 + beta * float((gb2 * gb1).sum())
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([lr_w, lr_b], rel=1e-12)
+    assert lr_w != pytest.approx(0.1)
+    assert torch.allclose(lin.weight, w1 - lr_w * gw2) and torch.allclose(lin.bias, b1 - lr_b * gb2)
+    hd.remove()
+    _grads(lin, loss_fn)
+    opt.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([lr_w, lr_b], rel=1e-12)  # hooks gone
+
+
+def test_hypergradient_adam_update_matches_the_hand_computation_and_the_floor():
+    from monai_metalr.strategies import HypergradientDescent
+
+    lin, loss_fn = _two_group_problem(1)
+    ref, _ = _two_group_problem(1)
+    ref.load_state_dict(lin.state_dict())
+    eps, beta = 1e-8, 1e-3
+    opt = torch.optim.Adam([{"params": [lin.weight], "lr": 0.01}, {"params": [lin.bias], "lr": 0.02}], eps=eps)
+    ref_opt = torch.optim.Adam([{"params": [ref.weight], "lr": 0.01}, {"params": [ref.bias], "lr": 0.02}], eps=eps)
+    HypergradientDescent(opt, beta=beta)
+    gw1, gb1 = _grads(lin, loss_fn)
+    opt.step()
+    ref.weight.grad, ref.bias.grad = gw1.clone(), gb1.clone()
+    ref_opt.step()
+    gw2, gb2 = _grads(lin, loss_fn)
+    opt.step()
+    # Adam's first direction (bias-corrected m = g1, v = g1^2): u1 = g1 / (|g1| + eps)
+    lr_w = 0.01 + beta * float((gw2 * gw1 / (gw1.abs() + eps)).sum())
+    lr_b = 0.02 + beta * float((gb2 * gb1 / (gb1.abs() + eps)).sum())
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([lr_w, lr_b], rel=1e-9)
+    ref_opt.param_groups[0]["lr"], ref_opt.param_groups[1]["lr"] = lr_w, lr_b  # the step runs at the new LR
+    ref.weight.grad, ref.bias.grad = gw2.clone(), gb2.clone()
+    ref_opt.step()
+    assert torch.allclose(lin.weight, ref.weight, atol=1e-12) and torch.allclose(lin.bias, ref.bias, atol=1e-12)
+    # a huge beta drives the LR down to its floor, min_lr_factor * initial LR, never below
+    lin, loss_fn = _two_group_problem(1)
+    opt = torch.optim.SGD([{"params": [lin.weight, lin.bias], "lr": 0.1}])
+    HypergradientDescent(opt, beta=1e6, min_lr_factor=0.01)
+    _grads(lin, loss_fn)
+    opt.step()
+    lin.zero_grad()
+    (-loss_fn()).backward()  # a gradient against the last direction: lr <- 0.1 - 1e6 * (g2 . g1) < 0
+    opt.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_hypergradient_strategy_learns_per_group_lrs_in_a_supervised_trainer(caplog):
+    with pytest.raises(ValueError, match="strategy 'hypergradient'.*beta"):
+        make_strategy("hypergradient", TinyNet(), lr=1e-3, beta=0)
+    strategy = make_strategy("hypergradient", TinyNet(), lr=1e-3, head_lr=1e-2)
+    assert strategy.optimizer_class(torch.optim.Adam) is torch.optim.Adam
+    assert [g["lr"] for g in strategy.param_groups()] == [1e-3] * 3 + [1e-2]
+    with caplog.at_level(logging.INFO, logger="monai_metalr.strategies"):
+        before, after, losses, trainer = _resnet_run("hypergradient", epochs=3, beta=1e-4)
+    lrs = [g["lr"] for g in trainer.optimizer.param_groups]
+    assert all(a != b for a, b in zip(lrs, [1e-3] * 5 + [1e-2]))  # every group's LR moved, each its own way
+    assert trainer.state.hypergradient_lrs == {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert any("strategy hypergradient: epoch 3: lr stem=" in r.getMessage() for r in caplog.records)
+    assert all(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
+    assert losses[-1] < losses[0]
