@@ -25,7 +25,7 @@ $(DEMO_STAMP): $(STAMP)
 	touch $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)
-	$(PY) -m monai_metalr.demo --output_dir demo_output
+	$(PY) -m monai_metalr.apps.demo --output_dir demo_output
 
 # two workers, one test file each at a time (module fixtures such as trained bundles are built once), each with one
 # torch thread (also in the bundle runs they start): two workers of two threads each on two cores oversubscribe

@@ -11,6 +11,8 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from .io.torch_files import strip_wrapper_prefixes
+
 __all__ = ["layer_groups", "param_groups", "unwrap_model", "GroupsSpec"]
 
 #: ``"auto"``, a list of ``(group_name, regex)`` pairs, or ``group_name -> parameter names``.
@@ -447,7 +449,7 @@ def _check_explicit(params: Mapping[str, nn.Parameter], spec: Mapping[str, Seque
         if not names:
             raise ValueError(f"layer_groups: group {group!r} is empty")
         for n in names:
-            n = _strip_wrapper_prefix(n)
+            n = strip_wrapper_prefixes(n)
             if n not in params:
                 raise ValueError(f"layer_groups: group {group!r} names {n!r}, which is not a trainable parameter")
             if n in owner:
@@ -456,14 +458,7 @@ def _check_explicit(params: Mapping[str, nn.Parameter], spec: Mapping[str, Seque
     missing = [n for n in params if n not in owner]
     if missing:
         raise ValueError(f"layer_groups: trainable parameters in no group: {missing[:8]}")
-    return {g: [_strip_wrapper_prefix(n) for n in names] for g, names in spec.items()}
-
-
-def _strip_wrapper_prefix(name: str) -> str:
-    for prefix in ("module.", "_orig_mod."):
-        while name.startswith(prefix):
-            name = name[len(prefix) :]
-    return name
+    return {g: [strip_wrapper_prefixes(n) for n in names] for g, names in spec.items()}
 
 
 def layer_groups(model: nn.Module, groups: GroupsSpec = "auto") -> dict[str, list[str]]:

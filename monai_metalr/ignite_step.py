@@ -11,22 +11,17 @@ update function here is Ignite's ``supervised_training_step``, operation for ope
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from monai.engines.utils import IterationEvents
-from monai.utils import min_version, optional_import
 
+from ._ignite import Engine, ignite_import
 from .values import as_number
 
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
-DeterministicEngine, _ = optional_import("ignite.engine", "0.4.11", min_version, "DeterministicEngine")
-_prepare_batch, _ = optional_import("ignite.engine", "0.4.11", min_version, "_prepare_batch")
+_prepare_batch = ignite_import("ignite.engine", "_prepare_batch")
 
-__all__ = ["MetaLRTrainingStep", "create_metalr_trainer", "metalr_training_step"]
+__all__ = ["MetaLRTrainingStep", "metalr_training_step"]
 
 
 def _identity(output: Any) -> Any:
@@ -147,57 +142,8 @@ def metalr_training_step(
     )
 
 
-def create_metalr_trainer(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[Any, Any], torch.Tensor],
-    meta_loader: Any,
-    device: str | torch.device | None = None,
-    non_blocking: bool = False,
-    prepare_batch: Callable = _prepare_batch,
-    model_transform: Callable[[Any], Any] = _identity,
-    output_transform: Callable[[Any, Any, Any, torch.Tensor], Any] = _loss_item,
-    deterministic: bool = False,
-    gradient_accumulation_steps: int = 1,
-    **handler_kwargs: Any,
-) -> Engine:
-    """``ignite.engine.create_supervised_trainer`` with MetaLR: the same trainer, plus a
-    :class:`~monai_metalr.MetaLRHandler` on ``meta_loader`` attached (``trainer.metalr_handler``; its ``meta`` is
-    the :class:`~monai_metalr.MetaLR`, built when the engine starts)::
+def __getattr__(name: str):
+    # names that moved out of this module (deprecated paths)
+    from ._moved import moved_name
 
-        trainer = create_metalr_trainer(net, opt, loss, meta_loader, output_dir="runs/metalr")
-        trainer.run(train_loader, max_epochs=10)
-
-    Mixed precision (Ignite's ``amp_mode``/``scaler``) and ``model_fn`` are not offered; for AMP use
-    ``monai.engines.SupervisedTrainer(amp=True)`` with the handler.
-
-    Args:
-        model, optimizer, loss_fn, device, non_blocking, prepare_batch, model_transform, output_transform,
-            gradient_accumulation_steps: as for :func:`metalr_training_step`.
-        meta_loader: held-out batches, in the training batches' format.
-        deterministic: an Ignite ``DeterministicEngine`` instead of an ``Engine``.
-        handler_kwargs: passed to :class:`~monai_metalr.MetaLRHandler` (``output_dir``, ``loss_function``,
-            ``hyper_lr``, ``update``, ...).
-
-    Raises:
-        ValueError: from :class:`~monai_metalr.MetaLRHandler` (checked before the engine is built) or for
-            ``gradient_accumulation_steps``.
-    """
-    from .handlers import MetaLRHandler  # it imports this module
-
-    handler = MetaLRHandler(meta_loader, **handler_kwargs)
-    step = metalr_training_step(
-        model,
-        optimizer,
-        loss_fn,
-        device,
-        non_blocking,
-        prepare_batch,
-        model_transform,
-        output_transform,
-        gradient_accumulation_steps,
-    )
-    trainer = DeterministicEngine(step) if deterministic else Engine(step)
-    handler.attach(trainer)
-    trainer.metalr_handler = handler
-    return trainer
+    return moved_name('monai_metalr.ignite_step', name)

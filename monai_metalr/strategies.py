@@ -32,21 +32,15 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
-from monai.utils import min_version, optional_import
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ._ignite import Engine, Events
 from .groups import GroupsSpec, layer_groups, param_groups, unwrap_model
-
-Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
 __all__ = [
     "L2SP",
@@ -64,7 +58,6 @@ __all__ = [
     "MetaLRStrategy",
     "Prodigy",
     "ScheduleFree",
-    "StrategyHandler",
     "make_strategy",
 ]
 
@@ -135,6 +128,8 @@ class FineTuningStrategy:
     changes_trainable: ClassVar[bool] = False
     #: the least number of layer groups the strategy works with
     min_groups: ClassVar[int] = 1
+    #: whether the LRs are meta-learned: :class:`~monai_metalr.handlers.StrategyHandler` then attaches MetaLR
+    learns_lrs: ClassVar[bool] = False
 
     def __init__(
         self, network: nn.Module, lr: float, head_lr: float | None = None, groups: GroupsSpec = "auto"
@@ -192,13 +187,12 @@ class FineTuningStrategy:
         """The training loss; the base class returns ``loss_function`` itself."""
         return loss_function
 
-    def handlers(self, meta_loader: Iterable | None = None, output_dir: Any = None, **metalr_kwargs: Any) -> list:
-        """Handlers to append to a trainer's ``train_handlers``: one :class:`StrategyHandler`.
-
-        ``meta_loader``, ``output_dir`` and ``metalr_kwargs`` are used by ``metalr`` only and ignored here,
-        so that one bundle expression serves every strategy.
-        """
-        return [StrategyHandler(self)]
+    def check_training(self, network: nn.Module | None, optimizer: Optimizer | None) -> None:
+        """Called by :class:`~monai_metalr.handlers.StrategyHandler` when training starts, with the trainer's
+        network and optimizer (either may be ``None``): refuse or warn about settings that work against the strategy.
+        Here: a DDP-wrapped network whose trainable set changes needs ``find_unused_parameters=True``."""
+        if network is not None and self.changes_trainable:
+            _check_ddp(network, self.name)
 
     # ------------------------------------------------------------------ freezing schedule
     def trainable_groups(self, epoch: int) -> list[str]:
@@ -520,6 +514,15 @@ class L2SP(FineTuningStrategy):
             g: [p.detach().clone() for p in self.group_params[g]] for g in self.group_names if g != self.head
         }
 
+    def check_training(self, network: nn.Module | None, optimizer: Optimizer | None) -> None:
+        """Warn if the optimizer applies weight decay on top of the L2-SP penalty."""
+        super().check_training(network, optimizer)
+        if optimizer is not None and any(float(g.get("weight_decay", 0.0) or 0.0) > 0 for g in optimizer.param_groups):
+            logger.warning(
+                "strategy l2sp: the optimizer applies weight_decay on top of the L2-SP penalty (a pull towards "
+                "0 against the pull towards the pre-trained weights); use weight_decay=0"
+            )
+
     def penalty(self) -> Tensor:
         """``alpha/2 * ||w - w0||^2`` over non-head groups plus ``beta/2 * ||w_head||^2``, a differentiable scalar."""
         head = self.group_params[self.head]
@@ -550,21 +553,11 @@ class MetaLRStrategy(FineTuningStrategy):
 
     name = "metalr"
     min_groups = 2
+    learns_lrs = True
 
     def param_groups(self) -> list[dict]:
         return param_groups(self.network, self.lr, self.groups_spec, head_lr=self.head_lr)
 
-    def handlers(self, meta_loader: Iterable | None = None, output_dir: Any = None, **metalr_kwargs: Any) -> list:
-        """A :class:`StrategyHandler` and a :class:`~monai_metalr.MetaLRHandler`.
-
-        Raises:
-            ValueError: no ``meta_loader``.
-        """
-        if meta_loader is None:
-            raise ValueError("strategy 'metalr' needs meta_loader= (held-out batches, e.g. the validation split)")
-        from .handlers import MetaLRHandler
-
-        return [StrategyHandler(self), MetaLRHandler(meta_loader, output_dir=output_dir, **metalr_kwargs)]
 
 
 def _import_optimizer(strategy: str, package: str, module: str, attr: str) -> type[Optimizer]:
@@ -889,41 +882,8 @@ def make_strategy(
     return cls(network, lr, head_lr=head_lr, groups=groups, **kwargs)
 
 
-class StrategyHandler:
-    """Run a strategy's epoch schedule inside a MONAI/Ignite trainer.
+def __getattr__(name: str):
+    # names that moved out of this module (deprecated paths)
+    from ._moved import moved_name
 
-    At ``Events.STARTED`` it checks a DDP-wrapped ``engine.network`` for strategies whose trainable set
-    changes (``find_unused_parameters=True`` needed) and, for ``l2sp``, warns if the optimizer applies
-    weight decay. At every ``Events.EPOCH_STARTED`` it calls ``strategy.set_epoch(engine.state.epoch - 1)``
-    (so a resumed run gets the right stage) and puts the trainable group names on
-    ``engine.state.strategy_trainable``.
-
-    Args:
-        strategy: the :class:`FineTuningStrategy`.
-    """
-
-    def __init__(self, strategy: FineTuningStrategy) -> None:
-        self.strategy = strategy
-
-    def attach(self, engine: Engine) -> None:
-        """Register the ``STARTED`` and ``EPOCH_STARTED`` handlers, and the strategy's own
-        (:meth:`FineTuningStrategy.attach`; ``schedulefree``'s train/eval switching)."""
-        engine.add_event_handler(Events.STARTED, self._started)
-        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
-        self.strategy.attach(engine)
-
-    def _started(self, engine: Engine) -> None:
-        network = getattr(engine, "network", None)
-        if network is not None and self.strategy.changes_trainable:
-            _check_ddp(network, self.strategy.name)
-        optimizer = getattr(engine, "optimizer", None)
-        if isinstance(self.strategy, L2SP) and optimizer is not None:
-            if any(float(g.get("weight_decay", 0.0) or 0.0) > 0 for g in optimizer.param_groups):
-                logger.warning(
-                    "strategy l2sp: the optimizer applies weight_decay on top of the L2-SP penalty (a pull towards "
-                    "0 against the pull towards the pre-trained weights); use weight_decay=0"
-                )
-
-    def _epoch_started(self, engine: Engine) -> None:
-        self.strategy.set_epoch(engine.state.epoch - 1)
-        engine.state.strategy_trainable = self.strategy.trainable_groups(engine.state.epoch - 1)
+    return moved_name('monai_metalr.strategies', name)

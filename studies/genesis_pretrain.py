@@ -8,7 +8,7 @@ network is fine-tuned on, so nothing of the fine-tuning data is seen here). Get 
         --out study_output/genesis
 
 The volume is resampled to the fine-tuning bundle's CPU voxel size (2 mm), windowed with the bundle's HU window
-and cut into body-centred patches of the bundle's patch size; :class:`monai_metalr.selfsup.GenesisCorruptd`
+and cut into body-centred patches of the bundle's patch size; :class:`monai_metalr.apps.selfsup.GenesisCorruptd`
 corrupts them and a MONAI ``SupervisedTrainer`` trains ``UNet3D(1, 1)`` to restore them (MSE after a sigmoid).
 Written to ``--out``: ``genesis_unet3d.pt`` (the weights, loadable with the bundle's ``--pretrained_path``),
 ``pretrain.json`` (loss per epoch; restoration error on fixed probe patches: crops of the same CT with corruptions
@@ -31,9 +31,9 @@ import torch
 from monai_metalr.data.inv3 import read_inv3
 from monai_metalr.io import atomic_path
 from monai_metalr.networks.unet3d import UNet3D
-from monai_metalr.selfsup import GenesisCorruptd, restoration_loss
+from monai_metalr.apps.selfsup import GenesisCorruptd, restoration_loss
 
-# the lits_liver_segmentation bundle's CPU settings (monai_metalr.demo.CPU_OVERRIDES) and default HU window
+# the lits_liver_segmentation bundle's CPU settings (monai_metalr.apps.demo.CPU_OVERRIDES) and default HU window
 PIXDIM = (2.0, 2.0, 2.0)
 PATCH = (48, 48, 16)
 HU_WINDOW = (-200.0, 250.0)

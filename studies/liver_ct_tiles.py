@@ -44,8 +44,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from monai_metalr.analysis.evaluation import data_efficiency_subsets, expected_calibration_error
 from monai_metalr.analysis.transferability import lr_transferability_correlation, transferability
-from monai_metalr.checkpoint import BestModelSaver
-from monai_metalr.classification import classification_metrics, f1_scores
+from monai_metalr.handlers import BestModelSaver, MetaLRHandler, StrategyHandler
+from monai_metalr.bundle.metrics import classification_metrics, f1_scores
 from monai_metalr.data.demo_ct import find_demo_ct, read_mrc
 from monai_metalr.io import atomic_path
 from monai_metalr.meta import DEFAULT_HYPER_LR
@@ -196,7 +196,8 @@ def train_one(strategy: str, seed: int, data: dict[str, Any], run_dir: Path, arg
         device=torch.device("cpu"), val_data_loader=val_loader, network=network, postprocessing=post,
         key_val_metric=classification_metrics(CLASSES, "val_", include=["macro_f1"]), val_handlers=[saver],
     )
-    handlers = strat.handlers(meta_loader=meta_loader, output_dir=run_dir, hyper_lr=args.hyper_lr, seed=seed)
+    metalr = MetaLRHandler(meta_loader, output_dir=run_dir, hyper_lr=args.hyper_lr, seed=seed) if strat.learns_lrs else None
+    handlers = [StrategyHandler(strat, metalr)]
     trainer = SupervisedTrainer(
         device=torch.device("cpu"), max_epochs=args.epochs,
         train_data_loader=_loader(x_train, y_train, args.batch_size, True, seed),

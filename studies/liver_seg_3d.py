@@ -29,7 +29,7 @@ import torch
 
 from monai_metalr.analysis.transferability import lr_transferability_correlation, transferability
 from monai_metalr.data.demo_ct import write_demo_lits
-from monai_metalr.demo import CPU_OVERRIDES, bundle_command, find_bundle
+from monai_metalr.apps.demo import CPU_OVERRIDES, bundle_command, find_bundle
 from monai_metalr.groups import layer_groups
 from monai_metalr.io import atomic_path
 from monai_metalr.networks.unet3d import UNet3D

@@ -14,7 +14,7 @@ import torch
 from monai.bundle import ConfigParser
 from zoo_bundles import write_endoscopic_like, write_spleen_like
 
-from monai_metalr.add_to_bundle import BundleError, add_to_bundle, plan_override
+from monai_metalr.bundle.add_to_bundle import BundleError, add_to_bundle, plan_override
 from monai_metalr.analysis import read_lr_csv
 
 SINGLE = ["configs/train.json", "configs/metalr.json"]

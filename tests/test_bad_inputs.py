@@ -1305,7 +1305,7 @@ def test_failed_writes_name_the_file_and_the_errno(tmp_path: Path) -> None:
     no errno. atomic_path now names both (the file system is looked at when the writer gives no errno). A file
     size limit (ulimit -f) is the same kernel path and needs no privileges; a full tmpfs is tried when mounting is
     allowed (root)."""
-    from monai_metalr.bundle_run import check_output_dir
+    from monai_metalr.bundle.run import check_output_dir
     from monai_metalr.io import atomic_path
 
     weights = torch.zeros(300_000)  # 1.2 MB
@@ -1359,8 +1359,7 @@ def test_command_line_settings_that_were_misread_are_refused_or_read_right(tmp_p
         assert_names(lambda p=parser: p.get_parsed_content("initialize"), "image_size", r"2 whole numbers >= 1")
     for text, on in (("no", False), ("False", False), ("off", False), ("yes", True)):
         parser = bundle_parser(BUSI_BUNDLE, "train.json", use_metalr=text, **common)
-        handlers = parser.get_parsed_content("train#handlers")
-        assert any(isinstance(h, MetaLRHandler) for h in handlers) is on, text
+        assert isinstance(parser.get_parsed_content("strategy_handler").metalr, MetaLRHandler) is on, text
         assert parser.get_parsed_content("run_settings")["use_metalr"] is on  # what resume compares
     parser = bundle_parser(BUSI_BUNDLE, "train.json", use_metalr="maybe", **common)
     assert_names(lambda: parser.get_parsed_content("train#handlers"), "use_metalr", r"true or false")
@@ -1401,7 +1400,7 @@ def test_the_root_cause_of_a_data_loader_worker_error(tmp_path: Path) -> None:
     hook is installed only under `python -m monai.bundle` (not in this test session)."""
     from monai.data import DataLoader, Dataset
 
-    from monai_metalr.bundle_run import install_root_cause_hook, root_cause_text
+    from monai_metalr.bundle.run import install_root_cause_hook, root_cause_text
 
     bad = img(tmp_path / "nan.tif", np.where(np.eye(SIZE) > 0, np.nan, 7.0).astype(np.float32), mode="F")
     loader = DataLoader(Dataset([{"image": str(bad)}], Compose([LoadFramed("image")])), batch_size=1, num_workers=1)

@@ -27,7 +27,8 @@ def test_bundle_uses_the_library_defaults(bundle):
     lo, hi = config["multiplier_bounds"]
     assert lo < 1.0 < hi  # every multiplier starts at 1: strictly inside
     handlers = config["train"]["handlers"]
-    metalr = next(h for h in handlers if h.get("_target_") == "monai_metalr.MetaLRHandler")
+    assert "@strategy_handler" in handlers and config["strategy_handler"]["metalr"] == "@metalr_handler"
+    metalr = config["metalr_handler"]
     assert metalr["hyper_lr"] == "@hyper_lr" and metalr["multiplier_bounds"] == "@multiplier_bounds"
     assert "lr_bounds" not in json.dumps(config)
     schedule = next(h for h in handlers if h.get("_target_") == "LrScheduleHandler")

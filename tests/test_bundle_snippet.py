@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from monai_metalr.add_to_bundle import plan_override
+from monai_metalr.bundle.add_to_bundle import plan_override
 from zoo_bundles import write_spleen_like
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bundle_integration.md"

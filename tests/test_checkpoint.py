@@ -19,7 +19,7 @@ from torch import nn
 
 from monai_metalr import MetaLR, param_groups
 from monai_metalr.analysis import read_lr_csv
-from monai_metalr.checkpoint import (
+from monai_metalr.handlers.checkpoint import (
     BestModelSaver,
     ModelLoader,
     ResumableCheckpoint,
@@ -280,10 +280,10 @@ time.sleep(120)
 
 
 def test_a_second_live_run_into_the_same_folder_is_refused_until_the_first_dies(tmp_path):
-    """The lock holder is another process (only the stdlib io module: no torch import); SIGKILL frees the folder."""
+    """The lock holder is another process (only the stdlib lock module: no torch import); SIGKILL frees the folder."""
     import sys
 
-    from monai_metalr import io as mio
+    from monai_metalr.io import lock as mio
 
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, mio.__file__, str(out)], stdout=subprocess.PIPE, text=True)
@@ -313,7 +313,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_finite_checkpoint_and_best
     from monai.engines import SupervisedEvaluator, SupervisedTrainer
     from monai.handlers import ValidationHandler
 
-    from monai_metalr.guards import NonFiniteError, NonFiniteGuard
+    from monai_metalr.handlers.guards import NonFiniteError, NonFiniteGuard
 
     torch.manual_seed(0)
     net = SmallNet().double()
@@ -369,7 +369,7 @@ def test_foreground_check_refuses_validation_without_any_foreground():
     """Collated batches and MONAI's decollated lists; one case with foreground anywhere is enough."""
     from ignite.engine import Engine
 
-    from monai_metalr.guards import ForegroundCheck
+    from monai_metalr.handlers.guards import ForegroundCheck
 
     def run(batches):
         engine = Engine(lambda e, b: None)
@@ -417,7 +417,7 @@ def test_an_epoch_without_iterations_is_refused_when_the_trainer_is_built(case):
     from monai.engines import SupervisedTrainer
     from torch.utils.data import DataLoader
 
-    from monai_metalr.guards import TrainingLengthCheck
+    from monai_metalr.handlers.guards import TrainingLengthCheck
 
     items = [{"image": x[i], "label": y[i]} for x, y in make_batches(3, seed=1, batch=5) for i in range(5)]
     loader = DataLoader(items, batch_size=32 if case.startswith("split") else 4, drop_last=True)

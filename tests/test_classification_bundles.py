@@ -279,8 +279,8 @@ def test_pocus_paper_protocol_tests_on_the_chosen_pickle_fold(tmp_path):
 def test_one_config_key_selects_the_strategy(strategy, tmp_path):
     from monai.bundle import ConfigParser
 
-    from monai_metalr import MetaLRHandler
-    from monai_metalr.strategies import L2SPLoss, StrategyHandler
+    from monai_metalr.handlers import MetaLRHandler, StrategyHandler
+    from monai_metalr.strategies import L2SPLoss
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLES / "busi_classification" / "configs" / "train.json"))
@@ -293,8 +293,9 @@ def test_one_config_key_selects_the_strategy(strategy, tmp_path):
     names, lrs = [g["name"] for g in groups], [g["lr"] for g in groups]
     assert names[-1] == "head"
     handlers = parser.get_parsed_content("train#handlers")
-    assert any(isinstance(h, StrategyHandler) for h in handlers)
-    assert any(isinstance(h, MetaLRHandler) for h in handlers) == (strategy == "metalr")
+    (handler,) = [h for h in handlers if isinstance(h, StrategyHandler)]
+    assert isinstance(handler.metalr, MetaLRHandler) == (strategy == "metalr")
+    assert not any(isinstance(h, MetaLRHandler) for h in handlers)  # attached by the StrategyHandler
     assert isinstance(parser.get_parsed_content("loss"), L2SPLoss) == (strategy == "l2sp")
     if strategy == "last_layer":
         assert names == ["head"]

@@ -14,7 +14,7 @@ from monai.transforms import Activationsd, AsDiscreted, Compose
 from torch import nn
 
 from monai_metalr.analysis.evaluation import training_subset
-from monai_metalr.analysis.evaluation_handlers import CalibrationSaver, SubgroupSaver
+from monai_metalr.handlers.evaluation import CalibrationSaver, SubgroupSaver
 
 
 def _items(n: int = 23, seed: int = 0) -> list[dict]:

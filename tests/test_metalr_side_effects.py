@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from monai_metalr.networks.efficientnet_lite import EfficientNetLite0
+from monai_metalr.handlers import MetaLRHandler, StrategyHandler
 from monai_metalr.strategies import make_strategy
 
 
@@ -27,9 +28,10 @@ def _train(network: nn.Module, strategy: str, **metalr_kwargs) -> tuple[dict, di
     optimizer = torch.optim.Adam(strat.param_groups())
     loader = DataLoader(_data(16, 0), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1))
     meta = DataLoader(_data(16, 2), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3))
+    metalr = MetaLRHandler(meta, **metalr_kwargs) if strat.learns_lrs else None
     trainer = SupervisedTrainer(
         device=torch.device("cpu"), max_epochs=2, train_data_loader=loader, network=network, optimizer=optimizer,
-        loss_function=nn.CrossEntropyLoss(), train_handlers=strat.handlers(meta_loader=meta, **metalr_kwargs),
+        loss_function=nn.CrossEntropyLoss(), train_handlers=[StrategyHandler(strat, metalr)],
     )
     trainer.run()
     return network.state_dict(), optimizer.state_dict()["state"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_metalr.selfsup import (
+from monai_metalr.apps.selfsup import (
     GenesisCorruptd,
     in_paint,
     local_shuffle,

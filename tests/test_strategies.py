@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from monai_metalr import MetaLRHandler, param_groups
-from monai_metalr.strategies import STRATEGIES, L2SPLoss, StrategyHandler, make_strategy
+from monai_metalr.handlers import StrategyHandler
+from monai_metalr.strategies import STRATEGIES, L2SPLoss, make_strategy
 
 LOSS = nn.CrossEntropyLoss()
 GROUPS = ["block0", "block1", "block2", "head"]
@@ -69,7 +70,7 @@ def _run(net, strategy, epochs: int, iters: int = 3, weight_decay: float = 1e-2,
         network=net,
         optimizer=opt,
         loss_function=strategy.wrap_loss(LOSS),
-        train_handlers=strategy.handlers() + list(extra_handlers),
+        train_handlers=[StrategyHandler(strategy), *extra_handlers],
         optim_set_to_none=False,
         **kw,
     )
@@ -361,12 +362,13 @@ def test_metalr_strategy_is_param_groups_plus_the_handler(tmp_path):
     assert [(g["name"], g["lr"], [id(p) for p in g["params"]]) for g in ours] == [
         (g["name"], g["lr"], [id(p) for p in g["params"]]) for g in ref
     ]
-    with pytest.raises(ValueError, match="needs meta_loader"):
-        strategy.handlers()
+    with pytest.raises(ValueError, match="learns its LRs with MetaLR"):
+        StrategyHandler(strategy)
     meta = DataLoader([{"image": torch.randn(1, 16, 16), "label": torch.tensor(i % 3)} for i in range(8)], batch_size=4)
-    handlers = strategy.handlers(meta_loader=meta, output_dir=tmp_path, hyper_lr=1e-3, multiplier_bounds=(0.1, 10.0), seed=0)
-    assert [type(h) for h in handlers] == [StrategyHandler, MetaLRHandler]
-    assert handlers[1].metalr_kwargs == {"hyper_lr": 1e-3, "multiplier_bounds": (0.1, 10.0), "seed": 0}
+    metalr = MetaLRHandler(meta, output_dir=tmp_path, hyper_lr=1e-3, multiplier_bounds=(0.1, 10.0), seed=0)
+    handler = StrategyHandler(strategy, metalr)
+    assert type(handler.metalr) is MetaLRHandler and handler.checkpoint_objects() == {"metalr": handler.metalr}
+    assert handler.metalr.metalr_kwargs == {"hyper_lr": 1e-3, "multiplier_bounds": (0.1, 10.0), "seed": 0}
     opt = torch.optim.Adam(ours)
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
@@ -375,16 +377,21 @@ def test_metalr_strategy_is_param_groups_plus_the_handler(tmp_path):
         network=net,
         optimizer=opt,
         loss_function=strategy.wrap_loss(LOSS),
-        train_handlers=handlers,
+        train_handlers=[handler],
     )
     trainer.run()
-    assert handlers[1].meta.num_meta_steps == 2
-    assert handlers[1].meta.lrs.tolist() != [1e-3, 1e-3, 1e-3, 1e-2]  # learned ...
+    assert handler.metalr.meta.num_meta_steps == 2
+    assert handler.metalr.meta.lrs.tolist() != [1e-3, 1e-3, 1e-3, 1e-2]  # learned ...
     assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3, 1e-3, 1e-2]  # ... on top of the groups' own LRs
     assert (tmp_path / "metalr_lr.csv").is_file()
-    # the other strategies take the same handler call and ignore the MetaLR arguments
-    other = make_strategy("all_layers", TinyNet(), lr=1e-3).handlers(meta_loader=meta, output_dir=tmp_path, hyper_lr=1)
-    assert [type(h) for h in other] == [StrategyHandler]
+    # the other strategies run without MetaLR ...
+    other = StrategyHandler(make_strategy("all_layers", TinyNet(), lr=1e-3))
+    assert other.metalr is None and other.checkpoint_objects() == {}
+    # ... or with it on top of their own LRs
+    on_top = StrategyHandler(make_strategy("layer_decay", TinyNet(), lr=1e-3), MetaLRHandler(meta))
+    assert set(on_top.checkpoint_objects()) == {"metalr"}
+    with pytest.raises(TypeError, match="must be a MetaLRHandler"):
+        StrategyHandler(strategy, metalr=meta)
 
 
 # ---------------------------------------------------------------------------------------------- DDP
@@ -428,7 +435,7 @@ def _resnet_run(strategy_name: str, epochs: int = 2, **kw):
     before = _snapshot(net)
     trainer = SupervisedTrainer(
         device=torch.device("cpu"), max_epochs=epochs, train_data_loader=_data(4, seed=1), network=net,
-        optimizer=opt, loss_function=LOSS, train_handlers=strategy.handlers(),
+        optimizer=opt, loss_function=LOSS, train_handlers=[StrategyHandler(strategy)],
     )
     losses: dict[int, list[float]] = {}
     trainer.add_event_handler(
@@ -482,7 +489,7 @@ def test_schedulefree_uses_the_bundle_lrs_and_switches_train_eval_at_the_right_e
     before = _snapshot(net)
     trainer = SupervisedTrainer(
         device=torch.device("cpu"), max_epochs=2, train_data_loader=_data(3, seed=1), network=net, optimizer=opt,
-        loss_function=LOSS, train_handlers=strategy.handlers(),
+        loss_function=LOSS, train_handlers=[StrategyHandler(strategy)],
     )
     # registered after the strategy's handlers, as ValidationHandler and the checkpoint savers are in the bundles
     trainer.add_event_handler(Events.ITERATION_STARTED, record("iteration"))
@@ -506,7 +513,7 @@ def test_schedulefree_handler_names_a_wrong_optimizer():
     strategy = make_strategy("schedulefree", TinyNet(), lr=1e-3)
     trainer = SupervisedTrainer(
         device=torch.device("cpu"), max_epochs=1, train_data_loader=_data(1, seed=1), network=strategy.network,
-        optimizer=torch.optim.Adam(strategy.param_groups()), loss_function=LOSS, train_handlers=strategy.handlers(),
+        optimizer=torch.optim.Adam(strategy.param_groups()), loss_function=LOSS, train_handlers=[StrategyHandler(strategy)],
     )
     with pytest.raises(TypeError, match="schedulefree.AdamWScheduleFree.*got Adam"):
         trainer.run()

@@ -211,9 +211,15 @@ def _plot_bins(bins: Mapping[str, Any], path: str | os.PathLike, title: str) -> 
     return Path(path)
 
 
-def _macro_f1(pred: Sequence[int], true: Sequence[int], num_classes: int) -> tuple[float, list[float]]:
-    from ..classification import f1_scores
+def f1_scores(cm: torch.Tensor) -> torch.Tensor:
+    """Per-class F1 from a confusion matrix (rows: true class, columns: predicted); 0 where undefined."""
+    cm = cm.double()
+    tp = cm.diag()
+    denominator = cm.sum(0) + cm.sum(1)  # 2TP + FP + FN
+    return torch.where(denominator > 0, 2 * tp / denominator.clamp_min(1e-12), torch.zeros_like(tp))
 
+
+def _macro_f1(pred: Sequence[int], true: Sequence[int], num_classes: int) -> tuple[float, list[float]]:
     index = torch.as_tensor(list(true), dtype=torch.long) * num_classes + torch.as_tensor(list(pred), dtype=torch.long)
     cm = torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
     f1 = f1_scores(cm)
@@ -264,7 +270,7 @@ def subgroup_metrics(predictions: Sequence[Hashable], labels: Sequence[Hashable]
 
 
 def read_predictions(path: str | os.PathLike) -> tuple[list[str], torch.Tensor, list[str]]:
-    """Read the ``predictions.csv`` of :class:`monai_metalr.classification.PredictionWriter`.
+    """Read the ``predictions.csv`` of :class:`monai_metalr.handlers.classification.PredictionWriter`.
 
     Args:
         path: the CSV, with header ``file, frames, predicted_class, p_<class>...``.
@@ -412,7 +418,7 @@ def evaluate_predictions(
     prediction are counted in ``n_unpredicted`` and logged.
 
     Args:
-        predictions_csv: the CSV written by :class:`~monai_metalr.classification.PredictionWriter`.
+        predictions_csv: the CSV written by :class:`~monai_metalr.handlers.classification.PredictionWriter`.
         datalist: a list of dicts, or the path of a JSON file holding one.
         label_key: the item key of the true class: an index or a class name.
         file_key: the item key of the file path the predictions name (``"source"`` for frame-wise datalists).

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..groups import layer_groups, unwrap_model
-from ..io import atomic_path
+from ..io import atomic_path, read_torch_file, state_dict_of, strip_wrapper_prefixes
 from .lr_curves import read_lr_csv
 
 __all__ = [
@@ -52,18 +52,12 @@ Weights = Union[Mapping[str, torch.Tensor], nn.Module]
 _ROLES = ("random_init", "pretrained", "finetuned")
 
 
-def _strip(name: str) -> str:
-    from ..networks.pretrained import strip_wrapper_prefixes
-
-    return strip_wrapper_prefixes(name)
-
-
 def _state_dict(weights: Weights, role: str) -> dict[str, torch.Tensor]:
     if isinstance(weights, nn.Module):
         weights = unwrap_model(weights).state_dict()
     if not isinstance(weights, Mapping):
         raise ValueError(f"transferability: {role} must be a state dict or an nn.Module, got {type(weights).__name__}")
-    return {_strip(str(k)): v for k, v in weights.items() if isinstance(v, torch.Tensor)}
+    return {strip_wrapper_prefixes(str(k)): v for k, v in weights.items() if isinstance(v, torch.Tensor)}
 
 
 def _group_tensors(
@@ -72,7 +66,7 @@ def _group_tensors(
     """The group's tensors of each role, after checking that every role has them with one shape."""
     out: dict[str, list[torch.Tensor]] = {role: [] for role in states}
     for pname in names:
-        pname = _strip(pname)
+        pname = strip_wrapper_prefixes(pname)
         for role, sd in states.items():
             if pname not in sd:
                 raise ValueError(f"transferability: parameter {pname!r} of group {group!r} is missing from {role}")
@@ -344,13 +338,12 @@ def write_transferability_csv(
 
 
 def _read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    from ..networks.pretrained import _unwrap_checkpoint, read_torch_file
 
     p = Path(path).expanduser()
     if not p.is_file():
         raise ValueError(f"{p}: no such checkpoint file")
     # weights_only loading with readable errors; unwraps {"state_dict"/"model"/"network": ...} and DDP prefixes
-    return _unwrap_checkpoint(read_torch_file(p, "cpu"), p)
+    return state_dict_of(read_torch_file(p, "cpu"), p)
 
 
 def _build_network(name: str, in_channels: int | None, num_classes: int, kwargs: Mapping[str, Any]) -> nn.Module:

@@ -46,10 +46,10 @@ from .checks import CheckSegmentationd, LoadVolumed
 from .chestxray import CXR_CLASSES, chestxray_datalist
 from .datasets import LABEL_MODES, label_classes, label_map, make_dataset, split_subset
 from .demo_ct import read_mrc, write_demo_lits
-from .inv3 import read_inv3
 from .dicom import dicom_frame_info, read_dicom_frame
 from .frames import sample_frame_indices
 from .image2d import LoadFramed, classification_inference_list, read_frame
+from .inv3 import read_inv3
 from .lits import LITS_LABELS, lits_datalist, lits_inference_list, split_cases
 from .meta_batches import meta_loader
 from .pipelines import PIPELINES, check_pipeline, make_loader

@@ -5,7 +5,7 @@ Data are generated on the fly (no download): 2D "lesion" images whose class is t
 dark blobs), then fine-tuned on the target task with MetaLR learning one LR per layer group from a
 held-out validation split. The learned LRs are printed and plotted.
 
-    python -m monai_metalr.synthetic_demo --output_dir synthetic_demo_output --epochs 4
+    python -m monai_metalr.apps.synthetic_demo --output_dir synthetic_demo_output --epochs 4
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from monai.networks.nets import resnet10
     from monai.utils import set_determinism
 
-    from . import MetaLRHandler, param_groups
+    from .. import MetaLRHandler, param_groups
 
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
     set_determinism(args.seed)

@@ -6,8 +6,8 @@ Both collect the evaluator's class probabilities (``pred`` after ``Activationsd(
 files atomically. List them before ``StatsHandler`` too, so that the log shows their numbers. Under DDP each
 rank sees its own share of the data: run the evaluation in one process (as the bundles' ``evaluate.json`` does)::
 
-    {"_target_": "monai_metalr.analysis.evaluation_handlers.CalibrationSaver", "output_dir": "@output_dir"},
-    {"_target_": "monai_metalr.analysis.evaluation_handlers.SubgroupSaver", "output_dir": "@output_dir",
+    {"_target_": "monai_metalr.handlers.evaluation.CalibrationSaver", "output_dir": "@output_dir"},
+    {"_target_": "monai_metalr.handlers.evaluation.SubgroupSaver", "output_dir": "@output_dir",
      "group_key": "site", "class_names": "@classes"}
 """
 
@@ -17,19 +17,13 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from monai.utils import min_version, optional_import
 
+from .._ignite import Engine, Events
+from ..analysis.evaluation import _jsonable, _plot_bins, reliability_bins, subgroup_metrics
 from ..io import atomic_path
-from .evaluation import _jsonable, _plot_bins, reliability_bins, subgroup_metrics
-
-Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
 __all__ = ["CalibrationSaver", "SubgroupSaver"]
 

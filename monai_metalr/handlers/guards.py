@@ -11,7 +11,7 @@
   ``drop_last``, ``iterations_per_epoch=0``) is an error when the trainer is built; MONAI's trainer would skip the
   whole run with a warning and exit 0, leaving no model.
 - :func:`non_finite_parameters`: the tensors of a module holding NaN / inf, for the checkpoint writers
-  (:mod:`monai_metalr.checkpoint` refuses to write them).
+  (:mod:`monai_metalr.handlers.checkpoint` refuses to write them).
 """
 
 from __future__ import annotations
@@ -19,17 +19,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from monai.utils import min_version, optional_import
 from torch import nn
 
-Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+from .._ignite import Engine, Events
 
 __all__ = [
     "ForegroundCheck",
@@ -93,8 +88,8 @@ class NonFiniteGuard:
     scalar read, which MONAI's ``StatsHandler`` does anyway. On a non-finite loss the network's weights are checked
     too, and the error says whether the step already spread the NaN into them. Attach it before the checkpoint and
     validation handlers (first in the bundles' ``train#handlers``), so that the iteration is stopped before anything
-    is saved; :class:`~monai_metalr.checkpoint.ResumableCheckpoint` and
-    :class:`~monai_metalr.checkpoint.BestModelSaver` also refuse to write non-finite weights. The last checkpoint
+    is saved; :class:`~monai_metalr.handlers.checkpoint.ResumableCheckpoint` and
+    :class:`~monai_metalr.handlers.checkpoint.BestModelSaver` also refuse to write non-finite weights. The last checkpoint
     written before the divergence stays as it was.
 
     With amp (a ``GradScaler`` skips steps whose gradients overflow), a non-finite loss while the weights are still

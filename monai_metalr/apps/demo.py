@@ -8,7 +8,7 @@ it (``python -m monai.bundle run``): train with MetaLRHandler (the best model ch
 meta step never sees), then evaluate on the held-out test slab. The liver Dice is printed; the checkpoint,
 metrics CSV, learned-LR curves and a PNG of a predicted slice over the CT are left in the output folder.
 
-    python -m monai_metalr.demo --output_dir demo_output
+    python -m monai_metalr.apps.demo --output_dir demo_output
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .data.demo_ct import write_demo_lits
+from ..data.demo_ct import write_demo_lits
 
 __all__ = ["CPU_OVERRIDES", "bundle_command", "find_bundle", "main", "run"]
 

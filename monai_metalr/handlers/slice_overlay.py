@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-from monai.utils import min_version, optional_import
 
-from .io import atomic_path
-
-Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+from .._ignite import Engine, Events
+from ..io import atomic_path
 
 __all__ = ["SliceOverlaySaver", "plot_slice_overlay"]
 

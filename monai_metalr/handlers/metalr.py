@@ -7,22 +7,16 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from monai.engines.utils import IterationEvents
-from monai.utils import min_version, optional_import
 
-from .analysis.lr_curves import plot_lr_curves, write_lr_csv
-from .distributed import is_main_process
-from .ignite_step import MetaLRTrainingStep
-from .meta import MetaLR, check_options
-from .values import as_bool
-
-Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+from .._ignite import Engine, Events
+from ..analysis.lr_curves import plot_lr_curves, write_lr_csv
+from ..distributed import is_main_process
+from ..ignite_step import MetaLRTrainingStep
+from ..meta import MetaLR, check_options
+from ..values import as_bool
 
 __all__ = ["MetaLRHandler"]
 

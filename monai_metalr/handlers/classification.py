@@ -1,5 +1,5 @@
-"""Classification metrics and outputs for the 2D bundles: accuracy, macro/per-class F1, ROC-AUC, confusion
-matrix CSV and a per-file ``predictions.csv`` (videos and cine loops averaged over their sampled frames)."""
+"""Classification outputs of the 2D bundles' evaluators: the confusion matrix CSV and a per-file ``predictions.csv``
+(videos and cine loops averaged over their sampled frames)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,17 @@ import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from monai.handlers import ROCAUC, from_engine
-from monai.utils import min_version, optional_import
+from monai.handlers import from_engine
 
-from .io import atomic_path
+from .._ignite import Engine, Events, ignite_import
+from ..io import atomic_path
 
-Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-metrics, _ = optional_import("ignite.metrics", "0.4.11", min_version)
-idist, _ = optional_import("ignite.distributed", "0.4.11", min_version)
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+idist = ignite_import("ignite.distributed")
 
-__all__ = ["ConfusionMatrixSaver", "PredictionWriter", "StackOutputs", "classification_metrics", "f1_scores"]
+__all__ = ["ConfusionMatrixSaver", "PredictionWriter", "StackOutputs"]
 
 
 class StackOutputs:
@@ -37,47 +31,6 @@ class StackOutputs:
         y = torch.stack([torch.as_tensor(t).flatten() for t in labels])
         y = y.argmax(1) if y.shape[1] > 1 else y[:, 0]
         return y_pred, y.long()
-
-
-def f1_scores(cm: torch.Tensor) -> torch.Tensor:
-    """Per-class F1 from a confusion matrix (rows: true class, columns: predicted); 0 where undefined."""
-    cm = cm.double()
-    tp = cm.diag()
-    denominator = cm.sum(0) + cm.sum(1)  # 2TP + FP + FN
-    return torch.where(denominator > 0, 2 * tp / denominator.clamp_min(1e-12), torch.zeros_like(tp))
-
-
-def classification_metrics(
-    class_names: Sequence[str],
-    prefix: str = "",
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Ignite metrics for an evaluator: ``accuracy``, ``macro_f1``, ``f1_<class>`` and ``auc`` (macro ROC-AUC).
-
-    ``pred`` must be class probabilities (after ``Activationsd(softmax=True)``) and ``label`` one-hot or an index.
-    ``include``/``exclude`` split them between an evaluator's ``key_val_metric`` and ``additional_metrics``.
-
-    Args:
-        class_names: the classes, in channel order.
-        prefix: prepended to every metric name, e.g. ``"val_"``.
-        include: names (without prefix) to keep; ``None`` keeps all.
-        exclude: names (without prefix) to drop.
-    """
-    stack = StackOutputs()
-    cm = metrics.ConfusionMatrix(num_classes=len(class_names), output_transform=stack)
-    out: dict[str, Any] = {
-        f"{prefix}accuracy": metrics.Accuracy(output_transform=stack),
-        f"{prefix}macro_f1": metrics.MetricsLambda(lambda m: f1_scores(m).mean().item(), cm),
-    }
-    for i, name in enumerate(class_names):
-        out[f"{prefix}f1_{name}"] = metrics.MetricsLambda(lambda m, i=i: f1_scores(m)[i].item(), cm)
-    out[f"{prefix}auc"] = ROCAUC(average="macro", output_transform=from_engine(["pred", "label"]))
-    keep = {f"{prefix}{n}" for n in include} if include is not None else set(out)
-    unknown = ({f"{prefix}{n}" for n in [*(include or ()), *exclude]}) - set(out)
-    if unknown:
-        raise ValueError(f"classification_metrics: unknown metric names {sorted(unknown)}; known: {sorted(out)}")
-    return {k: v for k, v in out.items() if k in keep and k.removeprefix(prefix) not in exclude}
 
 
 class ConfusionMatrixSaver:

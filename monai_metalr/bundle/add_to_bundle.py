@@ -36,7 +36,7 @@ from typing import Any
 from monai.bundle import ConfigParser
 from monai.bundle.utils import merge_kv
 
-from .io import atomic_path
+from ..io import atomic_path
 
 __all__ = ["BundleError", "BundleOverride", "add_to_bundle", "plan_override"]
 
@@ -236,7 +236,7 @@ def _checkpoint_edits(
 
 def _preview_groups(bundle: _Bundle, network_id: str, notes: list[str]) -> list[tuple[str, float]]:
     """The layer groups of the bundle's network, if it can be built here (no download, no GPU needed)."""
-    from .groups import layer_groups, unwrap_model
+    from ..groups import layer_groups, unwrap_model
 
     try:
         net = bundle.parser.get_parsed_content(network_id)

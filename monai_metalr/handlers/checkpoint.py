@@ -25,22 +25,15 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from monai.utils import min_version, optional_import
 from torch import nn
 
-from .groups import unwrap_model
+from .._ignite import Engine, Events
+from ..groups import unwrap_model
+from ..io import FolderLock, atomic_path, read_torch_file, remove_stale_temporaries
 from .guards import NonFiniteError, describe_non_finite
-from .io import FolderLock, atomic_path, remove_stale_temporaries
-from .networks.pretrained import read_torch_file
-
-Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
 __all__ = [
     "SETTINGS_KEY",
@@ -340,7 +333,7 @@ class BestModelSaver:
     """Write the network's weights when the evaluator's key metric improves (atomically).
 
     A non-finite metric value (NaN, inf) is never an improvement, and weights with NaN / inf values are never
-    written: that raises :class:`~monai_metalr.guards.NonFiniteError`, and the file keeps the last finite best model.
+    written: that raises :class:`~monai_metalr.handlers.guards.NonFiniteError`, and the file keeps the last finite best model.
 
     The file holds the bare ``state_dict`` (no ``module.`` prefix), as MONAI's ``CheckpointSaver``
     with a single object writes it, so ``CheckpointLoader`` and :func:`monai_metalr.networks.load_pretrained`
