@@ -32,6 +32,10 @@ MOVED_MODULES: dict[str, tuple[str, ...]] = {
 MOVED_NAMES: dict[tuple[str, str], str] = {
     ("monai_metalr.strategies", "StrategyHandler"): "monai_metalr.handlers.strategy",
     ("monai_metalr.ignite_step", "create_metalr_trainer"): "monai_metalr.engines",
+    ("monai_metalr.bundle.run", "as_size"): "monai_metalr.values",
+    ("monai_metalr.data.lits", "check_pixdim"): "monai_metalr.values",
+    ("monai_metalr.analysis.evaluation", "data_efficiency_subsets"): "monai_metalr.data.subsets",
+    ("monai_metalr.analysis.evaluation", "training_subset"): "monai_metalr.data.subsets",
 }
 
 

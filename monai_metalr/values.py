@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["as_bool", "as_names", "as_number", "as_pair"]
+__all__ = ["as_bool", "as_names", "as_number", "as_pair", "as_size", "check_pixdim"]
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
@@ -96,3 +97,50 @@ def as_names(name: str, value: Any) -> list[str] | None:
     if not isinstance(value, Sequence) or not all(isinstance(item, str) for item in value):
         raise ValueError(f"{name} must be a list of names, got {value!r}")
     return list(value)
+
+
+def as_size(name: str, value: Any, ndim: int) -> list[int]:
+    """``value`` (a list, or its text from a command line: ``"[224,224]"``) as ``ndim`` positive whole numbers.
+
+    Raises:
+        ValueError: naming ``name``: not ``ndim`` numbers, or one that is not a whole number >= 1 (MONAI takes a
+            size of 0 or less to mean "the input's own size", so ``[0, 0]`` would not resize at all).
+    """
+    items = value
+    if isinstance(value, str):
+        try:
+            items = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            items = None
+    example = "[" + ", ".join(["224"] * ndim if ndim == 2 else ["96", "96", "64"][:ndim]) + "]"
+    problem = (
+        f"{name} must be {ndim} whole numbers >= 1 (pixels or voxels), e.g. {example}, got {value!r}; MONAI reads a "
+        "size of 0 or less as 'keep the input's own size'"
+    )
+    if not isinstance(items, Sequence) or isinstance(items, (str, bytes)) or len(items) != ndim:
+        raise ValueError(problem)
+    sizes = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
+            raise ValueError(problem)
+        if item != int(item) or item < 1:
+            raise ValueError(problem)
+        sizes.append(int(item))
+    return sizes
+
+
+def check_pixdim(pixdim: Any) -> tuple[float, float, float] | None:
+    """``pixdim`` (the bundle's resampling target) as three positive finite numbers, or ``None`` if ``None``.
+
+    Raises:
+        ValueError: anything else, e.g. ``[0, 0, 0]`` (MONAI's ``Spacingd`` would divide by it).
+    """
+    if pixdim is None:
+        return None
+    try:
+        values = [float(v) for v in pixdim] if not isinstance(pixdim, str) else None
+    except (TypeError, ValueError):
+        values = None
+    if values is None or len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"pixdim must be three positive voxel sizes in mm, e.g. [1.5, 1.5, 2.0], got {pixdim!r}")
+    return values[0], values[1], values[2]

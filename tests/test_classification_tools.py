@@ -12,7 +12,8 @@ import torch
 from ignite.engine import Engine
 from PIL import Image
 
-from monai_metalr.classification import ConfusionMatrixSaver, PredictionWriter, classification_metrics, f1_scores
+from monai_metalr.bundle.metrics import classification_metrics, f1_scores
+from monai_metalr.handlers import ConfusionMatrixSaver, PredictionWriter
 from monai_metalr.data import (
     LoadFramed,
     classification_inference_list,

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from monai_metalr import demo
+from monai_metalr.apps import demo
 from monai_metalr.data import lits_datalist, read_mrc, write_demo_lits
 from monai_metalr.data.demo_ct import find_demo_ct
 

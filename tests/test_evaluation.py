@@ -12,7 +12,6 @@ import torch
 from ignite.engine import Engine
 
 from monai_metalr.analysis.evaluation import (
-    data_efficiency_subsets,
     evaluate_predictions,
     expected_calibration_error,
     main,
@@ -22,7 +21,8 @@ from monai_metalr.analysis.evaluation import (
     reliability_bins,
     subgroup_metrics,
 )
-from monai_metalr.classification import PredictionWriter
+from monai_metalr.data.subsets import data_efficiency_subsets
+from monai_metalr.handlers import PredictionWriter
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

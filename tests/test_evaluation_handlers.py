@@ -13,7 +13,7 @@ from monai.handlers import MetricsSaver
 from monai.transforms import Activationsd, AsDiscreted, Compose
 from torch import nn
 
-from monai_metalr.analysis.evaluation import training_subset
+from monai_metalr.data.subsets import training_subset
 from monai_metalr.handlers.evaluation import CalibrationSaver, SubgroupSaver
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monai_metalr import synthetic_demo as demo
+from monai_metalr.apps import synthetic_demo as demo
 from monai_metalr.analysis import read_lr_csv
 
 

@@ -3,7 +3,7 @@
 
 from .add_to_bundle import BundleError, BundleOverride, add_to_bundle, plan_override
 from .metrics import SelectClass, StackOutputs, classification_metrics, f1_scores, per_class_dice
-from .run import as_size, check_output_dir, install_root_cause_hook, root_cause_text
+from .run import check_output_dir, install_root_cause_hook, root_cause_text
 
 __all__ = [
     "BundleError",
@@ -11,7 +11,6 @@ __all__ = [
     "SelectClass",
     "StackOutputs",
     "add_to_bundle",
-    "as_size",
     "check_output_dir",
     "classification_metrics",
     "f1_scores",

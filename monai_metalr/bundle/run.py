@@ -7,24 +7,21 @@ and checks of settings that arrive from the command line.
   it. The hook prints that innermost cause again as the very last line; the exit code stays Python's 1.
 - :func:`check_output_dir`: an ``--output_dir`` that is a file (or under one) is refused naming it, instead of a
   ``FileExistsError`` from whichever writer meets it first.
-- :func:`as_size`: ``--image_size`` / ``--patch_size`` as positive whole numbers. MONAI reads a size of 0 or less
-  as "keep the input's size", so ``"[0,0]"`` silently trained on images of every size (or failed much later
-  collating them).
+
+The size and spacing checks of the same settings are :func:`monai_metalr.values.as_size` and
+:func:`monai_metalr.values.check_pixdim`.
 """
 
 from __future__ import annotations
 
-import ast
 import errno
-import math
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["as_size", "check_output_dir", "install_root_cause_hook", "root_cause_text"]
+__all__ = ["check_output_dir", "install_root_cause_hook", "root_cause_text"]
 
 # the module `python -m monai.bundle` runs as; torchrun starts its workers with `-m monai.bundle` too
 _BUNDLE_MAIN = "monai.bundle.__main__"
@@ -122,31 +119,8 @@ def check_output_dir(output_dir: str | os.PathLike) -> str:
     return os.fspath(output_dir)
 
 
-def as_size(name: str, value: Any, ndim: int) -> list[int]:
-    """``value`` (a list, or its text from a command line: ``"[224,224]"``) as ``ndim`` positive whole numbers.
+def __getattr__(name: str):
+    # names that moved out of this module (deprecated paths)
+    from .._moved import moved_name
 
-    Raises:
-        ValueError: naming ``name``: not ``ndim`` numbers, or one that is not a whole number >= 1 (MONAI takes a
-            size of 0 or less to mean "the input's own size", so ``[0, 0]`` would not resize at all).
-    """
-    items = value
-    if isinstance(value, str):
-        try:
-            items = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            items = None
-    example = "[" + ", ".join(["224"] * ndim if ndim == 2 else ["96", "96", "64"][:ndim]) + "]"
-    problem = (
-        f"{name} must be {ndim} whole numbers >= 1 (pixels or voxels), e.g. {example}, got {value!r}; MONAI reads a "
-        "size of 0 or less as 'keep the input's own size'"
-    )
-    if not isinstance(items, Sequence) or isinstance(items, (str, bytes)) or len(items) != ndim:
-        raise ValueError(problem)
-    sizes = []
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
-            raise ValueError(problem)
-        if item != int(item) or item < 1:
-            raise ValueError(problem)
-        sizes.append(int(item))
-    return sizes
+    return moved_name("monai_metalr.bundle.run", name)

@@ -32,10 +32,11 @@ import nibabel as nib
 import numpy as np
 
 from ..io import atomic_path
+from ..values import check_pixdim
 from .errors import BROKEN, Skipped, load_error, write_not_processed
 from .paths import dataset_root, stat_file
 
-__all__ = ["LITS_LABELS", "MAX_RESAMPLED_VOXELS", "check_pixdim", "lits_datalist", "lits_inference_list", "split_cases"]
+__all__ = ["LITS_LABELS", "MAX_RESAMPLED_VOXELS", "lits_datalist", "lits_inference_list", "split_cases"]
 
 logger = logging.getLogger(__name__)
 
@@ -194,23 +195,6 @@ def _check_resampled_size(path: Path, img: nib.Nifti1Image, shape: tuple[int, ..
             f"over the limit of {MAX_RESAMPLED_VOXELS:.3g}). The header's spacing is probably wrong (a unit slip?): "
             "fix it, or check pixdim"
         )
-
-
-def check_pixdim(pixdim: Any) -> tuple[float, float, float] | None:
-    """``pixdim`` (the bundle's resampling target) as three positive finite numbers, or ``None`` if ``None``.
-
-    Raises:
-        ValueError: anything else, e.g. ``[0, 0, 0]`` (MONAI's ``Spacingd`` would divide by it).
-    """
-    if pixdim is None:
-        return None
-    try:
-        values = [float(v) for v in pixdim] if not isinstance(pixdim, str) else None
-    except (TypeError, ValueError):
-        values = None
-    if values is None or len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"pixdim must be three positive voxel sizes in mm, e.g. [1.5, 1.5, 2.0], got {pixdim!r}")
-    return values[0], values[1], values[2]
 
 
 def _read_header(path: Path, pixdim: Sequence[float] | None = None) -> nib.Nifti1Image:
@@ -845,3 +829,10 @@ def split_cases(
                 tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     split = _meta_or_val(split, str(path) if path is not None else "split_cases")
     return {key: [dict(by_id[i]) for i in ids] for key, ids in split.items()}
+
+
+def __getattr__(name: str):
+    # names that moved out of this module (deprecated paths)
+    from .._moved import moved_name
+
+    return moved_name("monai_metalr.data.lits", name)

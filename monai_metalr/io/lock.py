@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-
 __all__ = ["LOCK_NAME", "FolderInUseError", "FolderLock"]
 
 try:  # POSIX; elsewhere the lock is a no-op (with a warning)
