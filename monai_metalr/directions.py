@@ -28,6 +28,12 @@ def _scalar(x: Any) -> float:
     return float(x.item()) if isinstance(x, Tensor) else float(x)
 
 
+def _moment_settings(group: dict) -> tuple[float, float, float, float]:
+    """``(beta1, beta2, eps, weight_decay)`` of an Adam-family param group, as plain numbers (a group key part)."""
+    beta1, beta2 = (_scalar(b) for b in group["betas"])
+    return beta1, beta2, _scalar(group["eps"]), _scalar(group["weight_decay"])
+
+
 def _combine_(out: list[Tensor], terms: Sequence[tuple[float, list[Tensor]]]) -> None:
     """``out <- sum_k c_k * T_k`` in place; terms with a zero coefficient are skipped."""
     terms = [(c, t) for c, t in terms if c != 0.0]
@@ -178,12 +184,7 @@ class AdamDirection(Direction):
 
     def _group_key(self, group):
         decoupled = self.decoupled if self.decoupled is not None else bool(group.get("decoupled_weight_decay", False))
-        beta1, beta2 = (_scalar(b) for b in group["betas"])
-        return (
-            beta1,
-            beta2,
-            _scalar(group["eps"]),
-            _scalar(group["weight_decay"]),
+        return _moment_settings(group) + (
             decoupled,
             bool(group.get("amsgrad", False)),
             bool(group.get("maximize", False)),
@@ -283,15 +284,7 @@ class NovogradDirection(Direction):
     """
 
     def _group_key(self, group):
-        beta1, beta2 = (_scalar(b) for b in group["betas"])
-        return (
-            beta1,
-            beta2,
-            _scalar(group["eps"]),
-            _scalar(group["weight_decay"]),
-            bool(group["grad_averaging"]),
-            bool(group.get("amsgrad", False)),
-        )
+        return _moment_settings(group) + (bool(group["grad_averaging"]), bool(group.get("amsgrad", False)))
 
     def _state_key(self, state):
         # Novograd keeps v in the dtype it was created with (the default dtype, even for a float64 network, until

@@ -28,6 +28,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+#: the group norms ``(|v_j|, |u_j|)`` a rule with ``needs_norms`` gets; ``None`` for the others
+Norms = tuple[Tensor, Tensor] | None
+
 __all__ = [
     "HYPER_UPDATES",
     "Additive",
@@ -56,9 +59,7 @@ class HyperUpdate:
         self.hyper_lr = float(hyper_lr)
         self.num_groups = int(num_groups)
 
-    def new_multipliers(
-        self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: tuple[Tensor, Tensor] | None = None
-    ) -> Tensor:
+    def new_multipliers(self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: Norms = None) -> Tensor:
         """The updated multipliers (before clamping); groups where ``active`` is False keep ``m``. A rule with
         state (``log_adam``) advances it for the active groups.
 
@@ -88,9 +89,7 @@ class Multiplicative(HyperUpdate):
 
     name = "multiplicative"
 
-    def new_multipliers(
-        self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: tuple[Tensor, Tensor] | None = None
-    ) -> Tensor:
+    def new_multipliers(self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: Norms = None) -> Tensor:
         return torch.where(active, m * (1.0 - self.hyper_lr * h), m)
 
 
@@ -99,9 +98,7 @@ class Additive(HyperUpdate):
 
     name = "additive"
 
-    def new_multipliers(
-        self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: tuple[Tensor, Tensor] | None = None
-    ) -> Tensor:
+    def new_multipliers(self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: Norms = None) -> Tensor:
         live = active & (s > 0)
         return torch.where(live, m - self.hyper_lr * h / torch.where(live, s, 1.0), m)
 
@@ -112,9 +109,7 @@ class Cosine(HyperUpdate):
     name = "cosine"
     needs_norms = True
 
-    def new_multipliers(
-        self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: tuple[Tensor, Tensor] | None = None
-    ) -> Tensor:
+    def new_multipliers(self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: Norms = None) -> Tensor:
         if norms is None:
             raise ValueError("the cosine rule needs the group norms |v_j| and |u_j|")
         denominator = norms[0] * norms[1]
@@ -128,9 +123,7 @@ class Sign(HyperUpdate):
 
     name = "sign"
 
-    def new_multipliers(
-        self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: tuple[Tensor, Tensor] | None = None
-    ) -> Tensor:
+    def new_multipliers(self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: Norms = None) -> Tensor:
         return torch.where(active, m * torch.exp(-self.hyper_lr * torch.sign(h)), m)
 
 
@@ -164,9 +157,7 @@ class LogAdam(HyperUpdate):
         self.exp_avg_sq = torch.zeros(self.num_groups, dtype=torch.float64)
         self.count = torch.zeros(self.num_groups, dtype=torch.float64)
 
-    def new_multipliers(
-        self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: tuple[Tensor, Tensor] | None = None
-    ) -> Tensor:
+    def new_multipliers(self, m: Tensor, s: Tensor, h: Tensor, active: Tensor, norms: Norms = None) -> Tensor:
         b1, b2 = self.betas
         live = active & (h != 0)
         self.exp_avg = torch.where(live, b1 * self.exp_avg + (1.0 - b1) * h, self.exp_avg)

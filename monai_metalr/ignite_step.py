@@ -39,6 +39,21 @@ class MetaLRTrainingStep:
 
     Build it with :func:`metalr_training_step`. :meth:`setup` (called by ``MetaLRHandler.attach``) registers the
     event on the engine and sets the attributes the handler reads.
+
+    Args:
+        model: the network (one optimizer param group per layer group, see :func:`monai_metalr.param_groups`).
+        optimizer: its optimizer.
+        loss_fn: ``loss_fn(model_transform(model(x)), y)``; also the meta loss unless the handler is given one.
+        device: where batches are moved (the model is not moved); meta batches go to the parameters' device.
+        non_blocking: passed to ``prepare_batch``.
+        prepare_batch: ``prepare_batch(batch, device=..., non_blocking=...) -> (x, y)``, for training and meta
+            batches.
+        model_transform: maps the model output to what ``loss_fn`` takes.
+        output_transform: ``output_transform(x, y, y_pred, loss)`` -> ``engine.state.output``.
+        gradient_accumulation_steps: micro-batches per optimizer step; MetaLR steps once per optimizer step.
+
+    Raises:
+        ValueError: ``gradient_accumulation_steps`` is not a positive integer.
     """
 
     def __init__(
@@ -103,47 +118,24 @@ def metalr_training_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     loss_fn: Callable[[Any, Any], torch.Tensor],
-    device: str | torch.device | None = None,
-    non_blocking: bool = False,
-    prepare_batch: Callable = _prepare_batch,
-    model_transform: Callable[[Any], Any] = _identity,
-    output_transform: Callable[[Any, Any, Any, torch.Tensor], Any] = _loss_item,
-    gradient_accumulation_steps: int = 1,
+    *args: Any,
+    **kwargs: Any,
 ) -> MetaLRTrainingStep:
     """An Ignite update function for MetaLR: ``Engine(metalr_training_step(model, optimizer, loss_fn))``, then
     attach a :class:`~monai_metalr.MetaLRHandler`. The arguments are those of Ignite's
-    ``supervised_training_step`` (without ``model_fn``: MetaLR's meta forward calls ``model(x)``).
-
-    Args:
-        model: the network (one optimizer param group per layer group, see :func:`monai_metalr.param_groups`).
-        optimizer: its optimizer.
-        loss_fn: ``loss_fn(model_transform(model(x)), y)``; also the meta loss unless the handler is given one.
-        device: where batches are moved (the model is not moved); meta batches go to the parameters' device.
-        non_blocking: passed to ``prepare_batch``.
-        prepare_batch: ``prepare_batch(batch, device=..., non_blocking=...) -> (x, y)``, for training and meta
-            batches.
-        model_transform: maps the model output to what ``loss_fn`` takes.
-        output_transform: ``output_transform(x, y, y_pred, loss)`` -> ``engine.state.output``.
-        gradient_accumulation_steps: micro-batches per optimizer step; MetaLR steps once per optimizer step.
+    ``supervised_training_step``, in its order (without ``model_fn``: MetaLR's meta forward calls ``model(x)``), as
+    documented for :class:`MetaLRTrainingStep`: ``device``, ``non_blocking``, ``prepare_batch``,
+    ``model_transform``, ``output_transform``, ``gradient_accumulation_steps``.
 
     Raises:
         ValueError: ``gradient_accumulation_steps`` is not a positive integer.
+        TypeError: an argument Ignite's ``supervised_training_step`` takes but MetaLR cannot (e.g. ``model_fn``).
     """
-    return MetaLRTrainingStep(
-        model,
-        optimizer,
-        loss_fn,
-        device,
-        non_blocking,
-        prepare_batch,
-        model_transform,
-        output_transform,
-        gradient_accumulation_steps,
-    )
+    return MetaLRTrainingStep(model, optimizer, loss_fn, *args, **kwargs)
 
 
 def __getattr__(name: str):
     # names that moved out of this module (deprecated paths)
     from ._moved import moved_name
 
-    return moved_name('monai_metalr.ignite_step', name)
+    return moved_name("monai_metalr.ignite_step", name)

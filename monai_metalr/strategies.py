@@ -100,6 +100,19 @@ def _check_positive(strategy: str, name: str, value: Any, allow_none: bool = Fal
         raise ValueError(f"strategy {strategy!r}: {name} must be a positive number, got {value!r}")
 
 
+def _check_number(strategy: str, name: str, value: Any, accept: Callable[[float], bool], what: str) -> float:
+    # bools are ints to Python, and a flag where a number belongs is a config mistake
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not accept(value):
+        raise ValueError(f"strategy {strategy!r}: {name} must be {what}, got {value!r}")
+    return float(value)
+
+
+def _check_count(strategy: str, name: str, value: Any, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"strategy {strategy!r}: {name} must be an integer >= {least}, got {value!r}")
+    return value
+
+
 def _check_ddp(network: nn.Module, strategy: str) -> None:
     """A DDP-wrapped network whose trainable set changes after wrapping needs ``find_unused_parameters``."""
     if isinstance(network, nn.parallel.DistributedDataParallel):
@@ -132,10 +145,12 @@ class FineTuningStrategy:
     learns_lrs: ClassVar[bool] = False
 
     def __init__(
-        self, network: nn.Module, lr: float, head_lr: float | None = None, groups: GroupsSpec = "auto"
+        self, network: nn.Module, lr: float, head_lr: float | None = None, groups: GroupsSpec = "auto", **options: Any
     ) -> None:
         _check_positive(self.name, "lr", lr)
         _check_positive(self.name, "head_lr", head_lr, allow_none=True)
+        # the strategy's own arguments first: a bad value is refused before the layer groups are computed
+        checked = self.check_options(**options)
         self.network = network
         self.inner = unwrap_model(network)
         self.lr = float(lr)
@@ -158,6 +173,18 @@ class FineTuningStrategy:
         self._trainable: tuple[str, ...] | None = None
         self._announced: tuple[str, ...] | None = None
         self._hook: Any = None
+        for option, value in checked.items():
+            setattr(self, option, value)
+        self.setup()
+
+    def check_options(self) -> dict[str, Any]:
+        """Validate the strategy's own arguments (a subclass declares them, typed and with defaults, as this method's
+        keyword parameters; :func:`make_strategy` accepts exactly those) and return them converted; they become
+        attributes. The base strategy takes none."""
+        return {}
+
+    def setup(self) -> None:
+        """Called at the end of construction, with the layer groups and the options in place (freeze, hooks)."""
 
     # ------------------------------------------------------------------ what the optimizer gets
     def group_lrs(self) -> dict[str, float]:
@@ -290,12 +317,9 @@ class LastLayer(FineTuningStrategy):
 
     name = "last_layer"
 
-    def __init__(
-        self, network: nn.Module, lr: float, head_lr: float | None = None, groups: GroupsSpec = "auto"
-    ) -> None:
-        super().__init__(network, lr, head_lr, groups)
+    def setup(self) -> None:
         if len(self.group_names) > 1:
-            _check_ddp(network, self.name)
+            _check_ddp(self.network, self.name)
         self._apply([self.head])
 
     def optimized_groups(self) -> list[str]:
@@ -316,19 +340,14 @@ class AllLayers(FineTuningStrategy):
 
     name = "all_layers"
 
-    def __init__(
-        self,
-        network: nn.Module,
-        lr: float,
-        head_lr: float | None = None,
-        groups: GroupsSpec = "auto",
-        separate_head: bool = False,
-    ) -> None:
+    def check_options(self, separate_head: bool = False) -> dict[str, Any]:
         if not isinstance(separate_head, bool):
             raise ValueError(f"strategy {self.name!r}: separate_head must be a bool, got {separate_head!r}")
-        _check_positive(self.name, "head_lr", head_lr, allow_none=True)  # validated even when unused
-        super().__init__(network, lr, head_lr if separate_head else None, groups)
-        self.separate_head = separate_head
+        return {"separate_head": separate_head}
+
+    def setup(self) -> None:
+        if not self.separate_head:
+            self.head_lr = None  # validated all the same, then unused
 
 
 class LayerDecay(FineTuningStrategy):
@@ -344,18 +363,8 @@ class LayerDecay(FineTuningStrategy):
 
     name = "layer_decay"
 
-    def __init__(
-        self,
-        network: nn.Module,
-        lr: float,
-        head_lr: float | None = None,
-        groups: GroupsSpec = "auto",
-        decay: float = 0.7,
-    ) -> None:
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
-            raise ValueError(f"strategy {self.name!r}: decay must be in (0, 1], got {decay!r}")
-        super().__init__(network, lr, head_lr, groups)
-        self.decay = float(decay)
+    def check_options(self, decay: float = 0.7) -> dict[str, Any]:
+        return {"decay": _check_number(self.name, "decay", decay, lambda v: 0 < v <= 1, "in (0, 1]")}
 
     def group_lrs(self) -> dict[str, float]:
         base = self.head_lr if self.head_lr is not None else self.lr
@@ -389,28 +398,21 @@ class Bidirectional(FineTuningStrategy):
     min_groups = 2
     DIRECTIONS: ClassVar[tuple[str, ...]] = ("top_down", "bottom_up")
 
-    def __init__(
-        self,
-        network: nn.Module,
-        lr: float,
-        head_lr: float | None = None,
-        groups: GroupsSpec = "auto",
-        epochs_per_stage: int = 1,
-        directions: Sequence[str] = ("top_down", "bottom_up"),
-    ) -> None:
-        if isinstance(epochs_per_stage, bool) or not isinstance(epochs_per_stage, int) or epochs_per_stage < 1:
-            raise ValueError(
-                f"strategy {self.name!r}: epochs_per_stage must be an integer >= 1, got {epochs_per_stage!r}"
-            )
+    def check_options(
+        self, epochs_per_stage: int = 1, directions: Sequence[str] = ("top_down", "bottom_up")
+    ) -> dict[str, Any]:
         if isinstance(directions, str) or not directions or any(d not in self.DIRECTIONS for d in directions):
             raise ValueError(
                 f"strategy {self.name!r}: directions must be a non-empty sequence of {list(self.DIRECTIONS)}, "
                 f"got {directions!r}"
             )
-        super().__init__(network, lr, head_lr, groups)
-        _check_ddp(network, self.name)
-        self.epochs_per_stage = epochs_per_stage
-        self.directions = tuple(directions)
+        return {
+            "epochs_per_stage": _check_count(self.name, "epochs_per_stage", epochs_per_stage, 1),
+            "directions": tuple(directions),
+        }
+
+    def setup(self) -> None:
+        _check_ddp(self.network, self.name)
         self._install_hook()
 
     @property
@@ -447,19 +449,11 @@ class LPFT(FineTuningStrategy):
     changes_trainable = True
     min_groups = 2
 
-    def __init__(
-        self,
-        network: nn.Module,
-        lr: float,
-        head_lr: float | None = None,
-        groups: GroupsSpec = "auto",
-        probe_epochs: int = 5,
-    ) -> None:
-        if isinstance(probe_epochs, bool) or not isinstance(probe_epochs, int) or probe_epochs < 0:
-            raise ValueError(f"strategy {self.name!r}: probe_epochs must be an integer >= 0, got {probe_epochs!r}")
-        super().__init__(network, lr, head_lr, groups)
-        _check_ddp(network, self.name)
-        self.probe_epochs = probe_epochs
+    def check_options(self, probe_epochs: int = 5) -> dict[str, Any]:
+        return {"probe_epochs": _check_count(self.name, "probe_epochs", probe_epochs, 0)}
+
+    def setup(self) -> None:
+        _check_ddp(self.network, self.name)
         self._install_hook()
 
     def trainable_groups(self, epoch: int) -> list[str]:
@@ -495,21 +489,13 @@ class L2SP(FineTuningStrategy):
 
     name = "l2sp"
 
-    def __init__(
-        self,
-        network: nn.Module,
-        lr: float,
-        head_lr: float | None = None,
-        groups: GroupsSpec = "auto",
-        alpha: float = 0.01,
-        beta: float = 0.01,
-    ) -> None:
-        for arg, value in (("alpha", alpha), ("beta", beta)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"strategy {self.name!r}: {arg} must be a number >= 0, got {value!r}")
-        super().__init__(network, lr, head_lr, groups)
-        self.alpha = float(alpha)
-        self.beta = float(beta)
+    def check_options(self, alpha: float = 0.01, beta: float = 0.01) -> dict[str, Any]:
+        return {
+            arg: _check_number(self.name, arg, value, lambda v: v >= 0, "a number >= 0")
+            for arg, value in (("alpha", alpha), ("beta", beta))
+        }
+
+    def setup(self) -> None:
         self.reference: dict[str, list[Tensor]] = {
             g: [p.detach().clone() for p in self.group_params[g]] for g in self.group_names if g != self.head
         }
@@ -587,27 +573,19 @@ class _PackageOptimizer(FineTuningStrategy):
     module: ClassVar[str] = ""
     attr: ClassVar[str] = ""
 
-    def __init__(
-        self,
-        network: nn.Module,
-        lr: float,
-        head_lr: float | None = None,
-        groups: GroupsSpec = "auto",
-        optimizer_kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(network, lr, head_lr, groups)
-        self.optimizer_cls = _import_optimizer(self.name, self.package, self.module, self.attr)
+    def check_options(self, optimizer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+        optimizer_cls = _import_optimizer(self.name, self.package, self.module, self.attr)
         kwargs = dict(optimizer_kwargs or {})
         accepted = [
-            p for p in inspect.signature(self.optimizer_cls.__init__).parameters if p not in ("self", "params", "lr")
+            p for p in inspect.signature(optimizer_cls.__init__).parameters if p not in ("self", "params", "lr")
         ]
         unknown = sorted(k for k in kwargs if k not in accepted)
         if unknown:
             raise TypeError(
                 f"strategy {self.name!r}: optimizer_kwargs {unknown} are not arguments of "
-                f"{self.optimizer_cls.__module__}.{self.optimizer_cls.__name__} (it takes {accepted})"
+                f"{optimizer_cls.__module__}.{optimizer_cls.__name__} (it takes {accepted})"
             )
-        self.optimizer_kwargs = kwargs
+        return {"optimizer_cls": optimizer_cls, "optimizer_kwargs": kwargs}
 
     def optimizer_class(self, default: type[Optimizer]) -> type[Optimizer]:
         return self.optimizer_cls
@@ -626,18 +604,11 @@ class _LRFree(_PackageOptimizer):
         optimizer_kwargs: as for the package's optimizer (``d_coef``, ``betas``, ``growth_rate``, ...).
     """
 
-    def __init__(
-        self,
-        network: nn.Module,
-        lr: float,
-        head_lr: float | None = None,
-        groups: GroupsSpec = "auto",
-        lr_scale: float = 1.0,
-        optimizer_kwargs: dict[str, Any] | None = None,
-    ) -> None:
+    def check_options(self, lr_scale: float = 1.0, optimizer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
         _check_positive(self.name, "lr_scale", lr_scale)
-        super().__init__(network, lr, head_lr, groups, optimizer_kwargs)
-        self.lr_scale = float(lr_scale)
+        return {**super().check_options(optimizer_kwargs), "lr_scale": float(lr_scale)}
+
+    def setup(self) -> None:
         logger.info(
             f"strategy {self.name}: LR-free ({self.package}); every group at lr={self.lr_scale} (a multiplier of the "
             f"learned step size), the bundle's lr={self.lr} / head_lr={self.head_lr} are not used"
@@ -786,21 +757,13 @@ class Hypergradient(FineTuningStrategy):
 
     name = "hypergradient"
 
-    def __init__(
-        self,
-        network: nn.Module,
-        lr: float,
-        head_lr: float | None = None,
-        groups: GroupsSpec = "auto",
-        beta: float = 1e-7,
-        min_lr_factor: float = 1e-3,
-    ) -> None:
+    def check_options(self, beta: float = 1e-7, min_lr_factor: float = 1e-3) -> dict[str, Any]:
         _check_positive(self.name, "beta", beta)
         _check_positive(self.name, "min_lr_factor", min_lr_factor)
-        super().__init__(network, lr, head_lr, groups)
-        self.beta = float(beta)
-        self.min_lr_factor = float(min_lr_factor)
-        self.hd: HypergradientDescent | None = None
+        return {"beta": float(beta), "min_lr_factor": float(min_lr_factor)}
+
+    def setup(self) -> None:
+        self.hd: HypergradientDescent | None = None  # built on the trainer's optimizer when training starts
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._started)
@@ -840,7 +803,6 @@ _REGISTRY: dict[str, type[FineTuningStrategy]] = {
 #: names accepted by :func:`make_strategy`
 STRATEGIES: tuple[str, ...] = tuple(_REGISTRY)
 
-_BASE_ARGS = ("self", "network", "lr", "head_lr", "groups")
 
 
 def make_strategy(
@@ -872,7 +834,7 @@ def make_strategy(
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"unknown fine-tuning strategy {name!r}; choose one of {list(STRATEGIES)}")
     cls = _REGISTRY[name]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in _BASE_ARGS]
+    accepted = [p for p in inspect.signature(cls.check_options).parameters if p != "self"]
     unknown = sorted(k for k in kwargs if k not in accepted)
     if unknown:
         raise TypeError(
