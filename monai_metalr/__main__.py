@@ -7,7 +7,7 @@ import sys
 
 import fire
 
-from .add_to_bundle import BundleError, add_to_bundle
+from .bundle.add_to_bundle import BundleError, add_to_bundle
 
 
 @functools.wraps(add_to_bundle)  # fire shows add_to_bundle's arguments and docstring

@@ -34,6 +34,8 @@ MOVED_NAMES: dict[tuple[str, str], str] = {
     ("monai_metalr.ignite_step", "create_metalr_trainer"): "monai_metalr.engines",
     ("monai_metalr.bundle.run", "as_size"): "monai_metalr.values",
     ("monai_metalr.data.lits", "check_pixdim"): "monai_metalr.values",
+    ("monai_metalr.data.lits", "split_cases"): "monai_metalr.data.splits",
+    ("monai_metalr.data.lits", "MAX_RESAMPLED_VOXELS"): "monai_metalr.data.nifti",
     ("monai_metalr.analysis.evaluation", "data_efficiency_subsets"): "monai_metalr.data.subsets",
     ("monai_metalr.analysis.evaluation", "training_subset"): "monai_metalr.data.subsets",
 }

@@ -8,8 +8,10 @@ Every strategy is built from ``(name, network, lr, head_lr, groups)`` by :func:`
 - :meth:`~FineTuningStrategy.wrap_loss`: the training loss (only ``l2sp`` adds a penalty);
 - :meth:`~FineTuningStrategy.optimizer_class`: the optimizer class, the bundle's default (Adam) except for the
   optimizer peers ``prodigy``, ``dadaptation`` (LR-free: every group at ``lr=1.0``) and ``schedulefree``;
-- :meth:`~FineTuningStrategy.handlers`: Ignite handlers for a MONAI ``SupervisedTrainer`` (the epoch-wise
-  freezing schedule, logging, and for ``metalr`` the :class:`~monai_metalr.MetaLRHandler`).
+- :meth:`~FineTuningStrategy.set_epoch`, :meth:`~FineTuningStrategy.attach`,
+  :meth:`~FineTuningStrategy.check_training`: what :class:`monai_metalr.handlers.StrategyHandler` runs in a trainer
+  (the epoch-wise freezing schedule, the strategy's own events, its checks), and ``learns_lrs``: whether the
+  handler should get a :class:`~monai_metalr.handlers.MetaLRHandler` (``metalr``).
 
 Bundle config::
 
@@ -19,7 +21,11 @@ Bundle config::
     "optimizer": {"_target_": "$@strategy_def.optimizer_class(torch.optim.Adam)",
                   "params": "$@strategy_def.param_groups()"},
     "loss": "$@strategy_def.wrap_loss(@base_loss)",
-    train handlers: "$@strategy_def.handlers(meta_loader=@meta#dataloader, output_dir=@output_dir, **@metalr_kwargs)"
+    "metalr_handler": {"_target_": "monai_metalr.handlers.MetaLRHandler", "_disabled_": "$not @use_metalr",
+                       "meta_loader": "@meta#dataloader", ...},
+    "strategy_handler": {"_target_": "monai_metalr.handlers.StrategyHandler", "strategy": "@strategy_def",
+                         "metalr": "@metalr_handler"},
+    train handlers: [..., "@strategy_handler", "ValidationHandler", ...]
 
 A frozen group has ``requires_grad=False``, ``.grad`` set to ``None`` (so ``torch.optim`` skips it even
 when the trainer zeroes gradients instead of dropping them), and all its modules in eval mode at every
@@ -207,7 +213,7 @@ class FineTuningStrategy:
         return default
 
     def attach(self, engine: Engine) -> None:
-        """Extra Ignite handlers of the strategy, registered by :meth:`StrategyHandler.attach`; none here."""
+        """Extra Ignite handlers of the strategy, registered by ``StrategyHandler.attach``; none here."""
 
     # ------------------------------------------------------------------ loss and handlers
     def wrap_loss(self, loss_function: Callable) -> Callable:
@@ -241,7 +247,7 @@ class FineTuningStrategy:
         """Apply the schedule for (0-based) ``epoch``: requires_grad, ``.grad`` and module modes per group.
 
         Logs on logger ``monai_metalr.strategies`` whenever the trainable set changes (and at the first call).
-        :class:`StrategyHandler` calls it at every ``EPOCH_STARTED``; in a plain loop call it before each epoch.
+        ``StrategyHandler`` calls it at every ``EPOCH_STARTED``; in a plain loop call it before each epoch.
         """
         trainable = tuple(self.trainable_groups(epoch))
         if trainable != self._trainable:
@@ -479,7 +485,7 @@ class L2SP(FineTuningStrategy):
     detached copies of the weights at construction (the pre-trained ones; build the strategy after loading
     them) and the sums run over every parameter of the layer groups (BatchNorm affine parameters and biases
     included). Groups at ``lr``, head at ``head_lr``. Use the optimizer with ``weight_decay=0``: L2-SP
-    replaces weight decay (decay pulls towards 0, against the SP term); :class:`StrategyHandler` warns if
+    replaces weight decay (decay pulls towards 0, against the SP term); ``StrategyHandler`` warns if
     the optimizer has weight decay.
 
     Args:
@@ -532,9 +538,9 @@ class MetaLRStrategy(FineTuningStrategy):
     """``metalr``: per-layer learning rates learned online by MetaLR (Chen et al., MICCAI 2023).
 
     :meth:`param_groups` is :func:`monai_metalr.param_groups` (groups at ``lr``, head at ``head_lr``: the
-    initial LRs); :meth:`handlers` adds a :class:`~monai_metalr.MetaLRHandler` built from ``meta_loader``
-    (a held-out split, required), ``output_dir`` and ``metalr_kwargs`` (``hyper_lr``, ``multiplier_bounds``,
-    ``interval``, ``update``, ``fixed_groups``, ``fixed_epochs``, ``seed``, ``log_dir``, ...).
+    initial LRs); ``learns_lrs`` is true, so :class:`~monai_metalr.handlers.StrategyHandler` expects a
+    :class:`~monai_metalr.handlers.MetaLRHandler` on a held-out split (without one it is a control run: the initial
+    LRs stay).
     """
 
     name = "metalr"
@@ -648,9 +654,9 @@ class ScheduleFree(_PackageOptimizer):
     Not LR-free: groups at the bundle's ``lr``, the head at ``head_lr``; it replaces the LR schedule (keep
     ``lr_schedule="constant"``; warm-up via ``optimizer_kwargs={"warmup_steps": n}``). The optimizer keeps two
     weight sequences and must be told which one the network holds: :meth:`attach` (run by
-    :class:`StrategyHandler`) calls ``optimizer.train()`` at every ``ITERATION_STARTED`` and
+    :class:`~monai_metalr.handlers.StrategyHandler`) calls ``optimizer.train()`` at every ``ITERATION_STARTED`` and
     ``optimizer.eval()`` (the averaged weights, the ones to validate and save) at every ``EPOCH_COMPLETED``
-    and at ``COMPLETED``. Put the :class:`StrategyHandler` before ``ValidationHandler`` and checkpoint
+    and at ``COMPLETED``. Put the ``StrategyHandler`` before ``ValidationHandler`` and checkpoint
     savers in ``train_handlers`` (the bundles do), so the switch runs first. BatchNorm running statistics
     are those collected with the training weights (not recomputed for the averaged ones).
     """
@@ -747,7 +753,7 @@ class Hypergradient(FineTuningStrategy):
     """``hypergradient``: every group trains with the bundle's optimizer (Adam), each group's LR learned online
     by :class:`HypergradientDescent` (Baydin et al., ICLR 2018), starting from groups ``lr``, head ``head_lr``.
 
-    :meth:`attach` (run by :class:`StrategyHandler` at attach time) puts the hooks on ``engine.optimizer`` at
+    :meth:`attach` (run by ``StrategyHandler`` at attach time) puts the hooks on ``engine.optimizer`` at
     ``Events.STARTED``, and logs the groups' LRs at every ``EPOCH_COMPLETED``.
 
     Args:

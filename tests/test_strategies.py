@@ -354,7 +354,7 @@ def test_l2sp_in_a_trainer_warns_about_weight_decay(caplog):
 # ---------------------------------------------------------------------------------------------- metalr
 
 
-def test_metalr_strategy_is_param_groups_plus_the_handler(tmp_path):
+def test_metalr_strategy_is_param_groups_plus_the_handler(tmp_path, caplog):
     torch.manual_seed(0)
     net = TinyNet()
     strategy = make_strategy("metalr", net, lr=1e-3, head_lr=1e-2)
@@ -362,8 +362,9 @@ def test_metalr_strategy_is_param_groups_plus_the_handler(tmp_path):
     assert [(g["name"], g["lr"], [id(p) for p in g["params"]]) for g in ours] == [
         (g["name"], g["lr"], [id(p) for p in g["params"]]) for g in ref
     ]
-    with pytest.raises(ValueError, match="learns its LRs with MetaLR"):
-        StrategyHandler(strategy)
+    with caplog.at_level(logging.WARNING, logger="monai_metalr"):
+        assert StrategyHandler(strategy).metalr is None  # a control run: MetaLR's initial LRs, fixed
+    assert "runs without MetaLR: its initial LRs stay fixed" in caplog.text
     meta = DataLoader([{"image": torch.randn(1, 16, 16), "label": torch.tensor(i % 3)} for i in range(8)], batch_size=4)
     metalr = MetaLRHandler(meta, output_dir=tmp_path, hyper_lr=1e-3, multiplier_bounds=(0.1, 10.0), seed=0)
     handler = StrategyHandler(strategy, metalr)

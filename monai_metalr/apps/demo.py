@@ -46,7 +46,7 @@ CPU_OVERRIDES: dict[str, str] = {
 
 def find_bundle(name: str = BUNDLE) -> Path:
     """The bundle folder in this source tree (``bundles/<name>``)."""
-    root = Path(__file__).resolve().parents[1] / "bundles" / name
+    root = Path(__file__).resolve().parents[2] / "bundles" / name  # <repo>/monai_metalr/apps/demo.py
     if not (root / "configs" / "train.json").is_file():
         raise FileNotFoundError(f"{root}: bundle not found; run the demo from a source checkout of monai-metalr")
     return root

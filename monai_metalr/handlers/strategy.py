@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .._ignite import Engine, Events
@@ -9,6 +10,8 @@ from ..strategies import FineTuningStrategy
 from .metalr import MetaLRHandler
 
 __all__ = ["StrategyHandler"]
+
+logger = logging.getLogger("monai_metalr")
 
 
 class StrategyHandler:
@@ -24,21 +27,24 @@ class StrategyHandler:
 
     Args:
         strategy: the strategy, from :func:`~monai_metalr.strategies.make_strategy`.
-        metalr: the :class:`MetaLRHandler` that learns per-group LR multipliers on top of the strategy's LRs; needed
-            by a strategy that learns its LRs (``strategy.learns_lrs``: ``metalr``), optional on top of any other
-            (e.g. ``layer_decay`` + MetaLR), ``None`` for none. A bundle gives a MetaLRHandler component with
-            ``_disabled_`` (which MONAI resolves to ``None``), so a disabled one never builds its meta loader.
+        metalr: the :class:`MetaLRHandler` that learns per-group LR multipliers on top of the strategy's LRs: what a
+            strategy that learns its LRs (``strategy.learns_lrs``: ``metalr``) is for (without it, a warning: its
+            initial LRs stay, a control run), optional on top of any other (e.g. ``layer_decay`` + MetaLR), ``None``
+            for none. A bundle gives a MetaLRHandler component with ``_disabled_`` (MONAI resolves it to ``None``).
+
+    List it before ``ValidationHandler`` and checkpoint savers in ``train_handlers``: ``schedulefree`` switches the
+    network to its averaged weights at ``EPOCH_COMPLETED``, which must happen before they run.
 
     Raises:
-        ValueError: ``strategy.learns_lrs`` and no ``metalr``.
         TypeError: ``metalr`` is not a :class:`MetaLRHandler`.
     """
 
     def __init__(self, strategy: FineTuningStrategy, metalr: MetaLRHandler | None = None) -> None:
         if metalr is None and strategy.learns_lrs:
-            raise ValueError(
-                f"strategy {strategy.name!r} learns its LRs with MetaLR: give StrategyHandler(strategy, "
-                "metalr=MetaLRHandler(meta_loader, ...)) with held-out batches (e.g. a meta split)"
+            # a control run (the bundles' use_metalr=False): MetaLR's starting LRs, never changed
+            logger.warning(
+                f"strategy {strategy.name!r} runs without MetaLR: its initial LRs stay fixed. To learn them give "
+                "StrategyHandler(strategy, metalr=MetaLRHandler(meta_loader, ...)) with held-out batches"
             )
         if metalr is not None and not isinstance(metalr, MetaLRHandler):
             raise TypeError(f"StrategyHandler: metalr must be a MetaLRHandler or None, got {type(metalr).__name__}")
