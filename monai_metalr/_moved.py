@@ -38,14 +38,21 @@ MOVED_NAMES: dict[tuple[str, str], str] = {
     ("monai_metalr.data.lits", "MAX_RESAMPLED_VOXELS"): "monai_metalr.data.nifti",
     ("monai_metalr.analysis.evaluation", "data_efficiency_subsets"): "monai_metalr.data.subsets",
     ("monai_metalr.analysis.evaluation", "training_subset"): "monai_metalr.data.subsets",
+    ("monai_metalr.analysis.evaluation", "expected_calibration_error"): "monai_metalr.analysis.calibration",
+    ("monai_metalr.analysis.evaluation", "reliability_bins"): "monai_metalr.analysis.calibration",
+    ("monai_metalr.analysis.evaluation", "plot_reliability_diagram"): "monai_metalr.analysis.calibration",
+    ("monai_metalr.analysis.evaluation", "subgroup_metrics"): "monai_metalr.analysis.subgroups",
+    ("monai_metalr.analysis.evaluation", "read_predictions"): "monai_metalr.analysis.predictions",
+    ("monai_metalr.analysis.evaluation", "plot_data_efficiency"): "monai_metalr.analysis.data_efficiency",
+    ("monai_metalr.analysis.evaluation", "f1_scores"): "monai_metalr.analysis.f1",
 }
 
 
-def _warn(old: str, new: str) -> None:
+def _warn(old: str, new: str, stacklevel: int = 3) -> None:
     warnings.warn(
         f"{old} has moved to {new}; the old path still works but will be removed in a future release",
         DeprecationWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
 
 
@@ -58,7 +65,7 @@ def moved_name(module: str, name: str) -> Any:
     new = MOVED_NAMES.get((module, name))
     if new is None:
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
-    _warn(f"{module}.{name}", f"{new}.{name}")
+    _warn(f"{module}.{name}", f"{new}.{name}", stacklevel=4)  # the caller of the old module's __getattr__
     return getattr(importlib.import_module(new), name)
 
 

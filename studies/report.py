@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from monai_metalr.analysis.evaluation import plot_data_efficiency
+from monai_metalr.analysis.data_efficiency import plot_data_efficiency
 from monai_metalr.analysis.lr_curves import plot_lr_curves, read_lr_csv
 from monai_metalr.analysis.transferability import plot_transferability, spearman
 from monai_metalr.io import atomic_path

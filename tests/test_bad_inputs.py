@@ -60,7 +60,7 @@ from monai_metalr.data import (  # noqa: E402
     split_classification,
     video_frame_info,
 )
-from monai_metalr.data.busi import check_image_file  # noqa: E402
+from monai_metalr.data.paths import check_image_file  # noqa: E402
 
 SHAPE = (8, 8, 6)
 AFFINE = np.diag([0.8, 0.8, 2.5, 1.0])

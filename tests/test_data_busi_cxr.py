@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_metalr.data.busi import BUSI_CLASSES, busi_datalist, check_image_file, merge_masks
+from monai_metalr.data.busi import BUSI_CLASSES, busi_datalist, merge_masks
 from monai_metalr.data.chestxray import CXR_CLASSES, _patient_id, chestxray_datalist
+from monai_metalr.data.paths import check_image_file
 
 SIZE = 16
 

@@ -11,16 +11,11 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from monai_metalr.analysis.evaluation import (
-    evaluate_predictions,
-    expected_calibration_error,
-    main,
-    plot_data_efficiency,
-    plot_reliability_diagram,
-    read_predictions,
-    reliability_bins,
-    subgroup_metrics,
-)
+from monai_metalr.analysis.calibration import expected_calibration_error, plot_reliability_diagram, reliability_bins
+from monai_metalr.analysis.data_efficiency import plot_data_efficiency
+from monai_metalr.analysis.evaluation import main
+from monai_metalr.analysis.predictions import evaluate_predictions, read_predictions
+from monai_metalr.analysis.subgroups import subgroup_metrics
 from monai_metalr.data.subsets import data_efficiency_subsets
 from monai_metalr.handlers import PredictionWriter
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..io import atomic_path
+from .figures import pyplot, save_figure
 
 __all__ = ["write_lr_csv", "read_lr_csv", "plot_lr_curves"]
 
@@ -89,10 +90,7 @@ def plot_lr_curves(
 ) -> Path:
     """Plot, against the optimizer step, the LR each group used (top) and its learned multiplier on the
     schedule's LR (bottom), both on log scales, one named line per group; save a PNG atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     steps = history["step"].numpy()
     multipliers = history.get("multiplier")
@@ -117,11 +115,7 @@ def plot_lr_curves(
     axes[0, 0].legend(
         title="layer group (input → output)", fontsize=7, ncol=ncol, loc="upper left", bbox_to_anchor=(1.01, 1.0)
     )
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -32,7 +32,9 @@ from torch import nn
 
 from ..groups import layer_groups, unwrap_model
 from ..io import atomic_path, read_torch_file, state_dict_of, strip_wrapper_prefixes
+from .figures import pyplot, save_figure
 from .lr_curves import read_lr_csv
+from .results_json import write_json
 
 __all__ = [
     "transferability",
@@ -266,10 +268,7 @@ def plot_transferability(
     Returns:
         ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     groups = _groups_of(t)
     values = [float(t[g]) for g in groups]
@@ -302,11 +301,7 @@ def plot_transferability(
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=8, loc="upper left")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def write_transferability_csv(
@@ -371,16 +366,6 @@ def _random_weights(spec: str, build: Any) -> dict[str, torch.Tensor]:
     return _read_weights(spec)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None  # strict JSON has no NaN/inf
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def _print_table(t: Mapping[str, float], mean_lrs: Mapping[str, float] | None) -> None:
     width = max(len(g) for g in t)
     print(f"{'group':<{width}}  {'T':>10}" + ("  mean_lr" if mean_lrs is not None else ""))
@@ -436,10 +421,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     files = [write_transferability_csv(t, out_dir / "transferability.csv", mean_lrs)]
     files.append(plot_transferability(t, out_dir / "transferability.png", mean_lrs))
     if correlation is not None:
-        path = out_dir / "lr_vs_transferability.json"
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(_jsonable({"lr_csv": str(args.lr_csv), **correlation}), indent=2) + "\n")
-        files.append(path)
+        files.append(write_json({"lr_csv": str(args.lr_csv), **correlation}, out_dir / "lr_vs_transferability.json"))
     _print_table(t, mean_lrs)
     if correlation is not None:
         print(f"Spearman(mean learned LR, T) over {len(correlation['groups'])} groups: {correlation['spearman']:.3f}")

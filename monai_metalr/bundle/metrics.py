@@ -9,7 +9,7 @@ from typing import Any
 from monai.handlers import ROCAUC, MeanDice, from_engine
 
 from .._ignite import ignite_import
-from ..analysis.evaluation import f1_scores
+from ..analysis.f1 import f1_scores
 from ..handlers.classification import StackOutputs
 
 metrics = ignite_import("ignite.metrics")

@@ -41,6 +41,9 @@ a ``report_file`` (the bundles' ``not_predicted.csv``).
 
 from __future__ import annotations
 
+# bundle configs call "$monai_metalr.data.subsets.training_subset(...)", an attribute path: the submodule must be
+# loaded with the package, not only when some other module happens to import it
+from . import subsets  # noqa: F401
 from .busi import BUSI_CLASSES, busi_datalist, merge_masks
 from .checks import CheckSegmentationd, LoadVolumed
 from .chestxray import CXR_CLASSES, chestxray_datalist
@@ -50,11 +53,11 @@ from .dicom import dicom_frame_info, read_dicom_frame
 from .frames import sample_frame_indices
 from .image2d import LoadFramed, classification_inference_list, read_frame
 from .inv3 import read_inv3
-from .lits import LITS_LABELS, lits_datalist, lits_inference_list, split_cases
+from .lits import LITS_LABELS, lits_datalist, lits_inference_list
 from .meta_batches import meta_loader
 from .pipelines import PIPELINES, check_pipeline, make_loader
 from .pocus import POCUS_CLASSES, folds_to_datalist, pocus_classes, pocus_datalist, pocus_folds_pickle
-from .splits import pocus_split, split_classification
+from .splits import pocus_split, split_cases, split_classification
 from .video import VIDEO_EXTENSIONS, read_video_frames, video_frame_info
 
 __all__ = [

@@ -26,9 +26,11 @@ import numpy as np
 from PIL import Image
 
 from .errors import BROKEN, Skipped
-from .paths import check_image_size, dataset_root, stat_file
+from .paths import IMAGE_FILE_SUFFIXES, check_image_file, dataset_root, is_junk
 
-__all__ = ["BUSI_CLASSES", "busi_datalist", "check_image_file", "merge_masks"]
+# check_image_file, imported above, was defined here; it serves every 2D reader now (monai_metalr.data.paths), and
+# the import keeps monai_metalr.data.busi.check_image_file working
+__all__ = ["BUSI_CLASSES", "busi_datalist", "merge_masks"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,77 +40,7 @@ BUSI_CLASSES: tuple[str, ...] = ("benign", "malignant", "normal")
 _BUSI_DIR = "Dataset_BUSI_with_GT"
 # "benign (12).png", "benign (12)_mask.png", "benign (12)_mask_1.png"
 _BUSI_FILE = re.compile(r"^(?P<case>(?P<cls>[A-Za-z]+) \((?P<n>\d+)\))(?P<mask>_mask(?:_(?P<k>\d+))?)?\.png$")
-# file endings of image data: such a file that does not fit the naming scheme is an error, not silently skipped
-_DATA_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm"})
-# the macOS archive utility leaves these beside (or instead of) the real files
-_SKIP_DIRS = frozenset({"__MACOSX"})
-_SKIP_FILES = frozenset({"thumbs.db", "desktop.ini"})
 _COLOUR_MODES = frozenset({"RGB", "RGBA", "RGBX", "LA", "La", "P", "PA", "CMYK", "YCbCr"})
-_TAIL = 1024  # bytes read from the end of a file to find its end marker
-_END_MARKERS = {"PNG": (b"IEND", "IEND chunk"), "JPEG": (b"\xff\xd9", "end-of-image marker (FF D9)")}
-
-
-def _natural_key(text: str) -> list[Any]:
-    """Sort key that orders ``"benign (2)"`` before ``"benign (10)"``, case-insensitively."""
-    # re.split with a capture group alternates str, digits, str, ... so ints only ever meet ints
-    return [int(tok) if i % 2 else tok.lower() for i, tok in enumerate(re.split(r"(\d+)", text))]
-
-
-def _skipped(path: Path) -> bool:
-    """Hidden files (``.DS_Store``), macOS ``._*`` resource forks, ``__MACOSX`` and Windows thumbnail files."""
-    return path.name.startswith(".") or path.name in _SKIP_DIRS or path.name.lower() in _SKIP_FILES
-
-
-def check_image_file(path: str | os.PathLike, formats: Sequence[str] | None = None) -> tuple[int, int]:
-    """Cheap integrity check of an image file, without decoding its pixels.
-
-    The file must be non-empty, PIL must identify it and ``Image.verify()`` pass, its format must be one of
-    ``formats``, it must hold one 2D image (not a multi-page stack or an animation; a JPEG with preview frames,
-    PIL's ``MPO``, is fine) of at least :data:`~monai_metalr.data.paths.MIN_IMAGE_SIDE` pixels each way, and a
-    PNG / JPEG must end with its ``IEND`` chunk / end-of-image marker (within the last KiB): a file cut short by an
-    interrupted download or unzip fails later in ``Image.load()``.
-
-    Args:
-        path: the image file.
-        formats: accepted PIL format names (``"PNG"``, ``"JPEG"``, ...); ``None`` accepts any.
-
-    Returns:
-        ``(width, height)`` in pixels, from the header.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is empty, not an image PIL can read, of another format, a stack of several images,
-            smaller than 2 x 2 pixels, or truncated; it cannot be read (a symbolic link loop, no permission); the
-            message names the file.
-    """
-    path = Path(path)
-    size = stat_file(path).st_size  # a missing file, a symbolic link loop, no permission: named, with the cause
-    if size == 0:
-        raise ValueError(f"{path}: empty file (0 bytes)")
-    try:
-        with Image.open(path) as img:
-            fmt = img.format
-            width, height = img.size
-            n_frames = int(getattr(img, "n_frames", 1))  # before verify(), which may close the file
-            img.verify()
-    except MemoryError:
-        raise
-    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, struct.error, ...
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
-    fmt = "JPEG" if fmt == "MPO" else fmt  # PIL names JPEGs with extra frames (e.g. camera previews) MPO
-    if formats is not None and fmt not in formats:
-        raise ValueError(f"{path}: a {fmt} file, expected {' or '.join(formats)}")
-    if n_frames > 1 and fmt != "JPEG":
-        raise ValueError(f"{path}: a {fmt} file of {n_frames} frames (a stack or an animation); expected one 2D image")
-    check_image_size(path, height, width)
-    marker = _END_MARKERS.get(str(fmt))
-    if marker is not None:
-        with open(path, "rb") as f:
-            f.seek(max(size - _TAIL, 0))
-            tail = f.read()
-        if marker[0] not in tail:
-            raise ValueError(f"{path}: truncated {fmt} file ({size} bytes, no {marker[1]} at the end)")
-    return width, height
 
 
 def _busi_root(dataset_dir: str | os.PathLike) -> Path:
@@ -143,14 +75,14 @@ def _scan_class(
     images: dict[int, Path] = {}
     masks: dict[int, list[tuple[int, Path]]] = {}
     for path in sorted(folder.iterdir()):
-        if _skipped(path):
+        if is_junk(path.name):
             continue
         if path.is_dir():
             logger.warning("%s: unexpected folder in a BUSI class folder, ignored", path)
             continue
         match = _BUSI_FILE.match(path.name)
         if match is None:
-            if path.suffix.lower() in _DATA_SUFFIXES:
+            if path.suffix.lower() in IMAGE_FILE_SUFFIXES:
                 raise ValueError(
                     f"{path}: unexpected image file; BUSI names its files '{class_name} (N).png' and masks "
                     f"'{class_name} (N)_mask.png', '{class_name} (N)_mask_1.png', ...; move or delete it"
@@ -207,7 +139,7 @@ def busi_datalist(
     is an **error**, not skipped: it is either a misnamed case (whose label would be lost) or a stray file
     (which would silently join the data), and only the user can tell which.
 
-    Every image and mask is checked without decoding its pixels (:func:`check_image_file`): non-empty, a single
+    Every image and mask is checked without decoding its pixels (:func:`~monai_metalr.data.paths.check_image_file`): non-empty, a single
     PNG image of at least 2 x 2 pixels that PIL identifies and ``verify()`` accepts, not cut short (its ``IEND``
     chunk at the end), and each mask of its image's size. Mask values are not read here: :func:`merge_masks` counts
     every non-zero pixel as lesion.

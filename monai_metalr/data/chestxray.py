@@ -21,9 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .busi import _DATA_SUFFIXES, _natural_key, _skipped, check_image_file
 from .errors import BROKEN, Skipped
-from .paths import dataset_root
+from .paths import IMAGE_FILE_SUFFIXES, check_image_file, dataset_root, is_junk, natural_key
 
 __all__ = ["CXR_CLASSES", "CXR_SPLITS", "chestxray_datalist"]
 
@@ -87,19 +86,19 @@ def _class_images(folder: Path, skipped: Skipped) -> list[Path]:
     raises with ``on_error="raise"``)."""
     images = []
     for path in folder.iterdir():
-        if _skipped(path):
+        if is_junk(path.name):
             continue
         if path.is_dir():
             logger.warning("%s: unexpected folder in a class folder, ignored", path)
         elif path.suffix.lower() in _IMAGE_SUFFIXES:
             images.append(path)
-        elif path.suffix.lower() in _DATA_SUFFIXES:
+        elif path.suffix.lower() in IMAGE_FILE_SUFFIXES:
             raise ValueError(f"{path}: unexpected image type (expected {', '.join(sorted(_IMAGE_SUFFIXES))})")
         else:
             logger.debug("%s: not an image, ignored", path)
     if not images:
         raise ValueError(f"{folder}: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) in the class folder")
-    images.sort(key=lambda p: _natural_key(p.name))
+    images.sort(key=lambda p: natural_key(p.name))
     by_stem: dict[str, Path] = {}
     for path in images:
         if path.stem in by_stem:  # the case id is the stem: x.jpeg and x.png would be one case
@@ -118,11 +117,11 @@ def _class_images(folder: Path, skipped: Skipped) -> list[Path]:
 
 def _check_split_folder(folder: Path) -> None:
     for path in sorted(folder.iterdir()):
-        if _skipped(path) or path.name in CXR_CLASSES:
+        if is_junk(path.name) or path.name in CXR_CLASSES:
             continue
         if path.is_dir():
             raise ValueError(f"{path}: unknown class folder (expected {', '.join(CXR_CLASSES)})")
-        if path.suffix.lower() in _DATA_SUFFIXES:
+        if path.suffix.lower() in IMAGE_FILE_SUFFIXES:
             raise ValueError(f"{path}: image outside a class folder (expected {', '.join(CXR_CLASSES)}/)")
     for class_name in CXR_CLASSES:
         if not (folder / class_name).is_dir():

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .paths import stat_file
+from .paths import check_image_size, check_nonempty
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -91,9 +91,7 @@ def _read_header(path: Path) -> Dataset:
             the image needs.
     """
     pydicom = _pydicom()
-    size = stat_file(path, "DICOM file").st_size  # names a missing file, a folder, a symbolic link loop
-    if size == 0:
-        raise ValueError(f"{path}: empty file (0 bytes)")
+    size = check_nonempty(path, "DICOM file")  # names a missing file, a folder, a symbolic link loop
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -231,7 +229,7 @@ def _frame_rate(ds: Dataset) -> float | None:
     return None
 
 
-def dicom_frame_info(path: str | os.PathLike) -> tuple[int, float | None]:
+def dicom_frame_info(path: str | os.PathLike, *, check_size: bool = False) -> tuple[int, float | None]:
     """The number of frames and the frame rate of a DICOM image or cine loop, from its header.
 
     The pixel data are not read: for native (uncompressed) pixel data the file is only checked to be long enough;
@@ -243,6 +241,8 @@ def dicom_frame_info(path: str | os.PathLike) -> tuple[int, float | None]:
 
     Args:
         path: the DICOM file.
+        check_size: also refuse an image smaller than :data:`~monai_metalr.data.paths.MIN_IMAGE_SIDE` pixels in
+            Rows or Columns (what a 2D classifier can use), as the image readers do.
 
     Returns:
         ``(number of frames, frames per second or None)``; a single-frame image gives ``(1, None)`` unless its
@@ -251,10 +251,13 @@ def dicom_frame_info(path: str | os.PathLike) -> tuple[int, float | None]:
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is empty, not DICOM, truncated, has no pixel data, no valid Rows / Columns (missing or
-            0), or less pixel data than its header describes. Each message names the file.
+            0), or less pixel data than its header describes; with ``check_size``, smaller than 2 x 2 pixels. Each
+            message names the file.
     """
     path = Path(path)
     ds = _read_header(path)
+    if check_size:
+        check_image_size(path, int(ds.Rows), int(ds.Columns))
     return _nr_frames(ds), _frame_rate(ds)
 
 

@@ -17,11 +17,10 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from .busi import check_image_file
-from .dicom import _frame_rate, _nr_frames, _read_header, read_dicom_frame
+from .dicom import dicom_frame_info, read_dicom_frame
 from .errors import LOAD_ERRORS, Skipped, write_not_processed
 from .frames import sample_frame_indices
-from .paths import check_image_size, stat_file
+from .paths import check_image_file, check_image_size, check_nonempty, dataset_root, walk_dataset
 from .video import VIDEO_EXTENSIONS, read_video_frames, video_frame_info
 
 logger = logging.getLogger("monai_metalr")
@@ -53,8 +52,7 @@ _GREY_OR_RGB_MODES = frozenset({"L", "RGB", "I", "I;16", "I;16L", "I;16B", "I;16
 def _read_image(path: Path) -> np.ndarray:
     from PIL import Image
 
-    if stat_file(path, "image file").st_size == 0:  # names a missing file, a folder, a symbolic link loop
-        raise ValueError(f"{path}: empty file (0 bytes)")
+    check_nonempty(path, "image file")  # names a missing file, a folder, a symbolic link loop
     try:
         with Image.open(path) as img:
             fmt, n_frames = img.format, int(getattr(img, "n_frames", 1))
@@ -164,13 +162,6 @@ class LoadFramed(MapTransform):
         return d
 
 
-def _dicom_info(path: Path) -> tuple[int, float | None]:
-    """``dicom_frame_info`` plus the 2D size check."""
-    ds = _read_header(path)
-    check_image_size(path, int(ds.Rows), int(ds.Columns))
-    return _nr_frames(ds), _frame_rate(ds)
-
-
 # BUSI names a case's masks "<image stem>_mask.png", "<image stem>_mask_1.png", ...
 _MASK_NAME = re.compile(r"^(?P<image>.+)_mask(?:_\d+)?$", re.IGNORECASE)
 
@@ -193,42 +184,29 @@ def _mask_of(name: str, names: Mapping[str, str]) -> str | None:
 def _walk_inputs(root: Path) -> tuple[list[Path], list[tuple[Path, str, str]]]:
     """``(candidate files, [(path, reason, kind), ...] passed over)`` below ``root``.
 
-    Symbolically linked folders are followed, each real folder once (a link back to a folder already searched, a
-    loop, is listed instead of followed forever). Hidden files and folders, ``__MACOSX`` and the masks of images
-    beside them are passed over and listed; a folder that cannot be listed is listed with the error.
+    What :func:`~monai_metalr.data.paths.walk_dataset` passes over (hidden files and folders, ``__MACOSX``, links
+    back to a folder already searched, folders that cannot be listed) is listed, and so are the masks of images
+    beside them.
     """
     files: list[Path] = []
     passed: list[tuple[Path, str, str]] = []
-    seen: set[str] = set()
-
-    def unreadable(err: OSError) -> None:
-        passed.append((Path(err.filename or root), f"cannot be read: {err.strerror or err}", "unreadable folder"))
-
-    for folder, dirs, names in os.walk(root, onerror=unreadable, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirs[:] = []
-            passed.append((Path(folder), f"a link to a folder already searched ({real}); not searched twice", "link"))
+    for entry in walk_dataset(root):
+        if entry.kind == "file":
+            files.append(entry.path)
+        else:
+            passed.append((entry.path, str(entry.reason), entry.kind))
+    # lower-cased name -> name, per folder: a mask's image is found whatever the case of its file ending
+    names: dict[Path, dict[str, str]] = {}
+    for path in files:
+        names.setdefault(path.parent, {})[path.name.lower()] = path.name
+    candidates = []
+    for path in files:
+        image = _mask_of(path.name, names[path.parent])
+        if image is not None:
+            passed.append((path, f"a segmentation mask of {path.parent / image}, not an image to classify", "mask"))
             continue
-        seen.add(real)
-        for d in sorted(dirs):
-            if d.startswith("."):
-                passed.append((Path(folder, d), "hidden folder, not searched", "hidden"))
-            elif d == "__MACOSX":
-                passed.append((Path(folder, d), "macOS archive metadata (__MACOSX), not searched", "hidden"))
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
-        lower = {n.lower(): n for n in names}
-        for name in sorted(names):
-            path = Path(folder, name)
-            if name.startswith("."):
-                passed.append((path, "hidden file", "hidden"))
-                continue
-            image = _mask_of(name, lower)
-            if image is not None:
-                passed.append((path, f"a segmentation mask of {Path(folder, image)}, not an image to classify", "mask"))
-                continue
-            files.append(path)
-    return sorted(files, key=str), passed
+        candidates.append(path)
+    return sorted(candidates, key=str), passed
 
 
 def _decodable_frames(path: Path, frames: Sequence[int], passed: list[tuple[Path, str, str]]) -> list[int]:
@@ -274,7 +252,7 @@ def classification_inference_list(
     and broken files (with ``on_error="skip"``).
 
     Every file is checked without decoding its pixels: images by
-    :func:`~monai_metalr.data.busi.check_image_file` (non-empty, one image of at least 2 x 2 pixels, not
+    :func:`~monai_metalr.data.paths.check_image_file` (non-empty, one image of at least 2 x 2 pixels, not
     truncated), DICOM files by their header (:func:`~monai_metalr.data.dicom_frame_info`, plus the 2 x 2 minimum),
     videos by their container header (:func:`~monai_metalr.data.video_frame_info`). With ``on_error="skip"``
     every frame to classify is also decoded here, as :class:`LoadFramed` will decode it, so that a file that only
@@ -300,12 +278,7 @@ def classification_inference_list(
             folder.
     """
     skipped = Skipped(on_error, dataset_dir, "file")
-    root = Path(dataset_dir).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"{root}: dataset_dir does not exist")
-    if not root.is_dir():
-        raise ValueError(f"{root}: dataset_dir is not a folder")
-    root = root.absolute()
+    root = dataset_root(dataset_dir)
     skipped.root = root
     decode = skipped.on_error == "skip"
     files, passed = _walk_inputs(root)
@@ -326,7 +299,10 @@ def classification_inference_list(
             elif suffix in VIDEO_EXTENSIONS or is_dicom(path):
                 n_files += 1
                 try:
-                    num_frames, fps = video_frame_info(path) if suffix in VIDEO_EXTENSIONS else _dicom_info(path)
+                    if suffix in VIDEO_EXTENSIONS:
+                        num_frames, fps = video_frame_info(path)
+                    else:
+                        num_frames, fps = dicom_frame_info(path, check_size=True)
                 except ValueError as e:
                     if "no pixel data" not in str(e):
                         raise

@@ -38,7 +38,7 @@ from ..io import atomic_path
 from .errors import BROKEN, Skipped
 from .frames import sample_frame_indices
 from .image2d import read_frame
-from .paths import check_image_size, dataset_root
+from .paths import check_image_size, dataset_root, is_hidden, natural_key
 from .video import VIDEO_EXTENSIONS, read_video_frames, video_frame_info
 
 __all__ = [
@@ -73,10 +73,6 @@ _LAYOUT = (
 )
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last chunk of every complete PNG file
 _INFO = "info.json"
-
-
-def _natural_key(text: str) -> list[Any]:
-    return [int(tok) if i % 2 else tok.lower() for i, tok in enumerate(re.split(r"(\d+)", text))]
 
 
 def pocus_classes(include_viral: bool = False) -> tuple[str, ...]:
@@ -122,10 +118,10 @@ def _sources(root: Path, probes: Sequence[str]) -> tuple[list[tuple[str, str, Pa
         folder = root / folder_name
         if folder.is_dir():
             # files directly in pocus_videos/ (an early layout of the repository) have no probe
-            ignored += [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+            ignored += [p for p in sorted(folder.iterdir()) if p.is_file() and not is_hidden(p.name)]
         for probe, probe_dir in _probe_dirs(folder, probes):
-            for path in sorted(probe_dir.iterdir(), key=lambda p: _natural_key(p.name)):
-                if path.name.startswith(".") or path.is_dir():  # hidden, macOS ._*, label_uncertain/ ...
+            for path in sorted(probe_dir.iterdir(), key=lambda p: natural_key(p.name)):
+                if is_hidden(path.name) or path.is_dir():  # hidden, macOS ._*, label_uncertain/ ...
                     continue
                 if path.suffix.lower() in extensions:
                     sources.append((kind, probe, path))
@@ -389,7 +385,7 @@ def pocus_datalist(
         logger.info("%s: POCUS frames cached in %s", root, out)
 
     items: list[dict[str, Any]] = []
-    labelled.sort(key=lambda s: (s[1], _natural_key(s[2].name)))
+    labelled.sort(key=lambda s: (s[1], natural_key(s[2].name)))
     for kind, probe, path, class_name in labelled:
         group = f"{probe}/{path.name}"
         common = {"source": str(path), "label": classes.index(class_name), "class_name": class_name, "probe": probe}

@@ -1,4 +1,9 @@
-"""Seeded, stratified, grouped train / val / meta / test splits for classification datalists, stored as JSON."""
+"""Seeded train / val / meta / test splits, stored as JSON and reused, so that every run sees the same cases.
+
+- :func:`split_cases`: a case-level split (the LiTS bundle).
+- :func:`split_classification`: stratified by class, grouped by patient or video, k-fold or published parts (the
+  2D classification bundles); :func:`pocus_split`: the POCUS bundle's, by video or by whole folds of the pickle.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,252 @@ import logging
 import math
 import numbers
 import os
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..io import atomic_path
-from .lits import _check_fraction, _describe, _items_by_id, _load_split, _meta_or_val, _natural_key
+from .paths import natural_key
 
-__all__ = ["pocus_split", "split_classification"]
+__all__ = ["pocus_split", "split_cases", "split_classification"]
 
 logger = logging.getLogger("monai_metalr")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# stored splits (every split function)
+
+
+def _describe(item: Mapping[str, Any]) -> str:
+    """An item's file (``"image"``), or the item itself when it has none."""
+    return str(item["image"]) if "image" in item else repr(dict(item))
+
+
+def _items_by_id(datalist: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """``case id -> item``; an item that is not a mapping, has no ``"case_id"``, or repeats one is an error."""
+    by_id: dict[str, Mapping[str, Any]] = {}
+    index: dict[str, int] = {}
+    for i, item in enumerate(datalist):
+        if not isinstance(item, Mapping):
+            raise ValueError(f"datalist item {i} is not a dict: {item!r}")
+        if "case_id" not in item:
+            raise ValueError(f"datalist item {i} has no 'case_id': {dict(item)!r}")
+        case_id = str(item["case_id"])
+        if case_id in by_id:
+            raise ValueError(
+                f"datalist has case id {case_id!r} more than once: item {index[case_id]} "
+                f"({_describe(by_id[case_id])}) and item {i} ({_describe(item)})"
+            )
+        by_id[case_id], index[case_id] = item, i
+    return by_id
+
+
+def _check_fractions(val_fraction: float, meta_fraction: float, test_fraction: float) -> tuple[float, float, float]:
+    """The three fractions as floats, each checked to be in [0, 1)."""
+    names = ("val_fraction", "meta_fraction", "test_fraction")
+    checked = []
+    for name, value in zip(names, (val_fraction, meta_fraction, test_fraction)):
+        value = float(value)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+        checked.append(value)
+    return checked[0], checked[1], checked[2]
+
+
+def _fmt_ids(ids: Iterable[str], limit: int = 20) -> str:
+    ids = sorted(ids, key=natural_key)
+    more = f" ... ({len(ids) - limit} more)" if len(ids) > limit else ""
+    return ", ".join(ids[:limit]) + more
+
+
+#: The parts of a stored split, in the order they are written.
+_PARTS = ("train", "val", "meta", "test")
+
+
+def _load_split(
+    split_file: Path, by_id: Mapping[str, Mapping[str, Any]], meta_fraction: float
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """``({"train", "val", "meta", "test"} -> case ids, the stored JSON)`` from ``split_file``, checked against
+    ``by_id``.
+
+    A file without a ``"meta"`` list (written before the meta split existed) is refused unless ``meta_fraction``
+    is 0; its ``"meta"`` part is then empty, as in a file written with ``meta_fraction=0``. A file that records
+    another ``meta_fraction`` is refused (MetaLR's meta data and model selection would silently change).
+    """
+    hint = "delete the file to compute a new split, or point split_file elsewhere"
+    try:
+        stored = json.loads(split_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{split_file}: not a readable split file ({type(e).__name__}: {e}); {hint}") from e
+
+    def _ids(key: str) -> bool:
+        return isinstance(stored.get(key), list) and all(isinstance(i, str) for i in stored[key])
+
+    if not isinstance(stored, dict) or not all(_ids(k) for k in ("train", "val", "test")):
+        raise ValueError(f"{split_file}: expected 'train', 'val' and 'test' lists of case ids; {hint}")
+    if "meta" not in stored and meta_fraction > 0:
+        raise ValueError(
+            f"{split_file}: this split file predates the meta split (it has no 'meta' list: MetaLR's meta batches "
+            "came from the 'val' cases that also chose the best model). Delete it to compute a new train / val / "
+            "meta / test split, or use a new output_dir (or split_file); meta_fraction=0 reuses it as it is "
+            "(MetaLR then keeps using the val cases)"
+        )
+    if "meta" in stored and not _ids("meta"):
+        raise ValueError(f"{split_file}: 'meta' must be a list of case ids; {hint}")
+    if "meta_fraction" in stored and stored["meta_fraction"] != meta_fraction:
+        raise ValueError(
+            f"{split_file}: the stored split was made for another protocol (meta_fraction stored "
+            f"{stored['meta_fraction']!r} vs now {meta_fraction!r}); use one output_dir (or split_file) per "
+            "setting, or delete the file"
+        )
+    split = {k: list(stored.get(k, [])) for k in _PARTS}
+    listed = [i for ids in split.values() for i in ids]
+    repeated = {i for i, count in Counter(listed).items() if count > 1}
+    if repeated:
+        raise ValueError(f"{split_file}: case ids listed more than once: {_fmt_ids(repeated)}; {hint}")
+    unknown, missing = set(listed) - set(by_id), set(by_id) - set(listed)
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"not in the datalist: {_fmt_ids(unknown)}")
+        if missing:
+            parts.append(f"in the datalist but not in the split file: {_fmt_ids(missing)}")
+        raise ValueError(f"{split_file}: the stored split does not match the datalist; {'; '.join(parts)}; {hint}")
+    if not split["train"] or not split["val"]:
+        raise ValueError(f"{split_file}: the stored split needs at least one 'train' and one 'val' case; {hint}")
+    if not split["meta"] and meta_fraction > 0:
+        raise ValueError(
+            f"{split_file}: the stored split has no 'meta' case (meta_fraction {meta_fraction}); {hint}, "
+            "or pass meta_fraction=0"
+        )
+    return split, stored
+
+
+def _meta_or_val(split: dict[str, list[str]], where: str) -> dict[str, list[str]]:
+    """``split`` with an empty ``"meta"`` part replaced by the val ids (``meta_fraction=0``), with a warning."""
+    if split["meta"]:
+        return split
+    logger.warning(
+        "%s: meta_fraction=0, no meta split: split['meta'] is the val split, so with MetaLR the best model is "
+        "chosen on the cases MetaLR's meta step learns the learning rates from (model selection is not clean)",
+        where,
+    )
+    return {**split, "meta": list(split["val"])}
+
+
+def _store_split(path: Path, split: Mapping[str, list[str]], **protocol: Any) -> None:
+    """Write a newly computed split to ``path`` (atomically, parent folders created): its case ids and what made
+    them (seed, fractions, the protocol), so that a later run reuses it, or refuses it when the protocol changed."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({**protocol, **split}, indent=1) + "\n", encoding="utf-8")
+
+
+def _split_items(
+    split: dict[str, list[str]], by_id: Mapping[str, Mapping[str, Any]], where: str
+) -> dict[str, list[dict[str, Any]]]:
+    """The datalist items (copies) of each part of ``split``; an empty meta part is the val part
+    (:func:`_meta_or_val`)."""
+    split = _meta_or_val(split, where)
+    return {part: [dict(by_id[i]) for i in ids] for part, ids in split.items()}
+
+
+def split_cases(
+    datalist: Sequence[Mapping[str, Any]],
+    split_file: str | os.PathLike | None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    meta_fraction: float = 0.1,
+) -> dict[str, list[dict[str, Any]]]:
+    """Split cases into train / val / meta / test, once, and reuse that split from ``split_file`` afterwards.
+
+    The four parts are disjoint: ``val`` chooses the best model, ``meta`` feeds MetaLR's meta loader (the held-out
+    batches its learning rates are learned on), ``test`` is only for evaluation. So the best model is chosen on
+    cases the meta step never saw.
+
+    If ``split_file`` exists, its case ids are used as they are (``seed``, ``val_fraction`` and ``test_fraction``
+    are then ignored), so training, MetaLR's meta loader and evaluation all see the same cases run after run.
+    Otherwise the case ids, sorted naturally, are permuted with ``numpy.random.default_rng(seed)``: the first
+    ``n_test`` are the test cases, the next ``n_val`` the validation cases, the next ``n_meta`` the meta cases,
+    the rest training; the split is then written atomically to ``split_file`` (parent folders created) as
+    ``{"seed", "val_fraction", "meta_fraction", "test_fraction", "train", "val", "meta", "test"}``.
+
+    ``n_val = max(1, round(n * val_fraction))`` (validation always needs a held-out case),
+    ``n_meta = max(1, round(n * meta_fraction))`` and ``n_test = max(1, round(n * test_fraction))`` if their
+    fraction is > 0, else 0. Test and val are the cases an older three-part split with the same ``n_val`` chose;
+    meta comes out of what was training.
+
+    ``meta_fraction=0``: no meta part. The stored ``"meta"`` list is empty and the returned ``split["meta"]`` is
+    the val list, with a warning (model selection then uses MetaLR's meta data). Only then is a split file without
+    a ``"meta"`` list (written before this part existed) reused; with ``meta_fraction > 0`` it is refused, as is a
+    file that records another ``meta_fraction``.
+
+    Args:
+        datalist: items with a unique ``"case_id"`` (as from :func:`lits_datalist`).
+        split_file: JSON file to reuse or create; ``None`` computes the split without storing it.
+        val_fraction: fraction of cases for validation (model selection), in [0, 1).
+        test_fraction: fraction of cases held out for testing, in [0, 1).
+        seed: seed of the permutation.
+        meta_fraction: fraction of cases for MetaLR's meta loader, in [0, 1);
+            ``val_fraction + meta_fraction + test_fraction < 1``.
+
+    Returns:
+        ``{"train": [...], "val": [...], "meta": [...], "test": [...]}``: the datalist items (copies), each list
+        ordered as the split file lists its ids (naturally sorted when computed here).
+
+    Raises:
+        ValueError: bad fractions; an item that is not a dict or has no ``"case_id"``; a repeated case id (the
+            message names both items' files); too few cases for one training case; an existing ``split_file`` that
+            is unreadable, whose ids differ from the datalist's or repeat across parts, that has no ``"meta"`` list
+            (``meta_fraction > 0``) or records another ``meta_fraction`` (the message names the file).
+    """
+    val_fraction, meta_fraction, test_fraction = _check_fractions(val_fraction, meta_fraction, test_fraction)
+    if val_fraction + meta_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + meta_fraction + test_fraction must be < 1, got {val_fraction} + {meta_fraction} + "
+            f"{test_fraction}"
+        )
+    by_id = _items_by_id(datalist)
+
+    path = Path(split_file).expanduser() if split_file is not None else None
+    if path is not None and path.exists():
+        split, stored = _load_split(path, by_id, meta_fraction)
+        split_seed = stored.get("seed")
+        if split_seed != seed:
+            logger.info("%s: reusing the stored split (seed %s); seed argument %s ignored", path, split_seed, seed)
+    else:
+        n = len(by_id)
+        n_val = max(1, round(n * val_fraction))
+        n_meta = max(1, round(n * meta_fraction)) if meta_fraction > 0 else 0
+        n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+        if n - n_val - n_meta - n_test < 1:
+            raise ValueError(
+                f"split_cases needs at least {n_val + n_meta + n_test + 1} cases ({n_val} val + {n_meta} meta + "
+                f"{n_test} test + 1 train), got {n}; with fewer, pass test_fraction=0 or meta_fraction=0 (MetaLR then "
+                "uses the val cases)"
+            )
+        ids = sorted(by_id, key=natural_key)
+        order = [ids[i] for i in np.random.default_rng(seed).permutation(n)]
+        held = n_test + n_val + n_meta
+        split = {
+            "train": sorted(order[held:], key=natural_key),
+            "val": sorted(order[n_test : n_test + n_val], key=natural_key),
+            "meta": sorted(order[n_test + n_val : held], key=natural_key),
+            "test": sorted(order[:n_test], key=natural_key),
+        }
+        if path is not None:
+            _store_split(
+                path, split, seed=seed, val_fraction=val_fraction, meta_fraction=meta_fraction,
+                test_fraction=test_fraction,
+            )
+    return _split_items(split, by_id, str(path) if path is not None else "split_cases")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# classification splits
 
 
 def _groups_by_class(items: Sequence[Mapping[str, Any]], label_key: str, group_key: str) -> dict[Any, list[str]]:
@@ -32,7 +270,7 @@ def _groups_by_class(items: Sequence[Mapping[str, Any]], label_key: str, group_k
     by_class: dict[Any, list[str]] = defaultdict(list)
     for group, label in label_of.items():
         by_class[label].append(group)
-    return {c: sorted(g, key=_natural_key) for c, g in sorted(by_class.items(), key=lambda kv: str(kv[0]))}
+    return {c: sorted(g, key=natural_key) for c, g in sorted(by_class.items(), key=lambda kv: str(kv[0]))}
 
 
 def _checked_items(datalist: Sequence[Mapping[str, Any]], label_key: str) -> dict[str, Mapping[str, Any]]:
@@ -46,7 +284,7 @@ def _checked_items(datalist: Sequence[Mapping[str, Any]], label_key: str) -> dic
 
 
 def _sorted_ids(items: Sequence[Mapping[str, Any]]) -> list[str]:
-    return sorted((str(i["case_id"]) for i in items), key=_natural_key)
+    return sorted((str(i["case_id"]) for i in items), key=natural_key)
 
 
 def _take(groups: list[str], fraction: float, taken: int = 0) -> int:
@@ -131,9 +369,7 @@ def split_classification(
             stored ``split_file`` that does not match the datalist, predates the meta split or was made for another
             protocol (the message names the file).
     """
-    val_fraction = _check_fraction("val_fraction", val_fraction)
-    meta_fraction = _check_fraction("meta_fraction", meta_fraction)
-    test_fraction = _check_fraction("test_fraction", test_fraction)
+    val_fraction, meta_fraction, test_fraction = _check_fractions(val_fraction, meta_fraction, test_fraction)
     if num_folds > 1 and not 0 <= fold < num_folds:
         raise ValueError(f"fold must be in [0, {num_folds}), got {fold}")
     if meta_fraction == 0:
@@ -202,18 +438,11 @@ def split_classification(
                 "add data or pass meta_fraction=0 (MetaLR then uses the val cases)"
             )
         if path is not None:
-            record = {
-                "seed": seed,
-                "val_fraction": val_fraction,
-                "meta_fraction": meta_fraction,
-                "test_fraction": test_fraction,
-                **protocol,
-                **split,
-            }
-            with atomic_path(path) as tmp:
-                tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    split = _meta_or_val(split, str(path) if path is not None else "split_classification")
-    return {part: [dict(by_id[i]) for i in ids] for part, ids in split.items()}
+            _store_split(
+                path, split, seed=seed, val_fraction=val_fraction, meta_fraction=meta_fraction,
+                test_fraction=test_fraction, **protocol,
+            )
+    return _split_items(split, by_id, str(path) if path is not None else "split_classification")
 
 
 def _compute(
@@ -279,7 +508,7 @@ def _compute(
     }
     for item in pool:
         split[part_of[str(item.get(group_key, item["case_id"]))]].append(str(item["case_id"]))
-    return {k: sorted(v, key=_natural_key) for k, v in split.items()}
+    return {k: sorted(v, key=natural_key) for k, v in split.items()}
 
 
 def pocus_split(

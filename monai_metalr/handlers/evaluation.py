@@ -13,7 +13,6 @@ rank sees its own share of the data: run the evaluation in one process (as the b
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +21,9 @@ from typing import Any
 import torch
 
 from .._ignite import Engine, Events
-from ..analysis.evaluation import _jsonable, _plot_bins, reliability_bins, subgroup_metrics
-from ..io import atomic_path
+from ..analysis.calibration import plot_reliability_bins, reliability_bins
+from ..analysis.results_json import write_json
+from ..analysis.subgroups import subgroup_metrics
 
 __all__ = ["CalibrationSaver", "SubgroupSaver"]
 
@@ -75,7 +75,7 @@ class CalibrationSaver(_EpochCollector):
     """Expected calibration error and a reliability diagram of a classifier evaluator.
 
     Adds ``<prefix>ece`` to ``engine.state.metrics``; writes ``calibration.json`` (ECE and the per-bin
-    confidence, accuracy and counts, see :func:`~monai_metalr.analysis.evaluation.reliability_bins`) and
+    confidence, accuracy and counts, see :func:`~monai_metalr.analysis.calibration.reliability_bins`) and
     ``reliability.png`` to ``output_dir``.
 
     Args:
@@ -97,17 +97,15 @@ class CalibrationSaver(_EpochCollector):
         engine.state.metrics[f"{self.prefix}ece"] = bins["ece"]
         self.result = bins
         if self.save:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self.output_dir / "calibration.json") as tmp:
-                tmp.write_text(json.dumps(_jsonable(bins), indent=2) + "\n")
-            _plot_bins(bins, self.output_dir / "reliability.png", f"Reliability ({len(self.labels)} items)")
+            write_json(bins, self.output_dir / "calibration.json")
+            plot_reliability_bins(bins, self.output_dir / "reliability.png", f"Reliability ({len(self.labels)} items)")
 
 
 class SubgroupSaver(_EpochCollector):
     """Accuracy and macro-F1 per value of a datalist key (site, scanner, sex, ...) and the worst-group gap.
 
     Adds ``<prefix>worst_group_accuracy`` and ``<prefix>subgroup_gap`` to ``engine.state.metrics``; writes
-    ``subgroups.json`` (see :func:`~monai_metalr.analysis.evaluation.subgroup_metrics`) to ``output_dir``.
+    ``subgroups.json`` (see :func:`~monai_metalr.analysis.subgroups.subgroup_metrics`) to ``output_dir``.
 
     Args:
         output_dir: folder of the file.
@@ -143,6 +141,4 @@ class SubgroupSaver(_EpochCollector):
         engine.state.metrics[f"{self.prefix}subgroup_gap"] = result["gap"]
         self.result = result
         if self.save:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self.output_dir / "subgroups.json") as tmp:
-                tmp.write_text(json.dumps(_jsonable({"group_key": self.group_key, **result}), indent=2) + "\n")
+            write_json({"group_key": self.group_key, **result}, self.output_dir / "subgroups.json")

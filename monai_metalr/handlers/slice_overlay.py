@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .._ignite import Engine, Events
-from ..io import atomic_path
+from ..analysis.figures import pyplot, save_figure
 
 __all__ = ["SliceOverlaySaver", "plot_slice_overlay"]
 
@@ -38,10 +38,7 @@ def plot_slice_overlay(
     Returns:
         the path written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.colors import ListedColormap
 
     img = torch.as_tensor(image).detach().cpu().float().numpy()
@@ -64,10 +61,8 @@ def plot_slice_overlay(
                 ax.contour(take(ref) == c, levels=[0.5], colors=["yellow", "cyan", "white"][(c - 1) % 3], linewidths=1)
     ax.set_title(f"{title}\nslice {k} (filled: prediction, outline: ground truth)", fontsize=8)
     ax.axis("off")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return Path(path)
+    # the image fills the axes: a tight bounding box trims the margins instead of tight_layout
+    return save_figure(fig, path, tight_layout=False, bbox_inches="tight")
 
 
 class SliceOverlaySaver:
