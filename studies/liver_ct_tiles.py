@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from monai_metalr.analysis.evaluation import expected_calibration_error
+from monai_metalr.analysis.calibration import expected_calibration_error
 from monai_metalr.data.subsets import data_efficiency_subsets
 from monai_metalr.analysis.transferability import lr_transferability_correlation, transferability
 from monai_metalr.handlers import BestModelSaver, MetaLRHandler, StrategyHandler
