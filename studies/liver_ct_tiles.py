@@ -43,11 +43,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from monai_metalr.analysis.calibration import expected_calibration_error
-from monai_metalr.data.subsets import data_efficiency_subsets
 from monai_metalr.analysis.transferability import lr_transferability_correlation, transferability
-from monai_metalr.handlers import BestModelSaver, MetaLRHandler, StrategyHandler
 from monai_metalr.bundle.metrics import classification_metrics, f1_scores
 from monai_metalr.data.demo_ct import find_demo_ct, read_mrc
+from monai_metalr.data.subsets import data_efficiency_subsets
+from monai_metalr.handlers import BestModelSaver, MetaLRHandler, StrategyHandler
 from monai_metalr.io import atomic_path
 from monai_metalr.meta import DEFAULT_HYPER_LR
 from monai_metalr.networks import get_classifier
@@ -86,9 +86,17 @@ def slab_splits(depth: int, slab: int = 16, margin: int = 2, pattern: str = SPLI
     return out
 
 
-def build_tiles(image: np.ndarray, label: np.ndarray, slices: Sequence[int], tile: int = 48, stride: int = 16):
-    """Unambiguous tiles of ``slices``: ``(pixels uint8 [N, tile, tile], classes int64 [N], z int64 [N])``."""
-    lo, hi = HU_WINDOW
+def build_tiles(
+    image: np.ndarray,
+    label: np.ndarray,
+    slices: Sequence[int],
+    tile: int = 48,
+    stride: int = 16,
+    window: tuple[float, float] = HU_WINDOW,
+):
+    """Unambiguous tiles of ``slices``: ``(pixels uint8 [N, tile, tile], classes int64 [N], z int64 [N])``, the HU
+    ``window`` mapped to 0..255."""
+    lo, hi = window
     pixels = np.round(255 * np.clip((image - lo) / (hi - lo), 0, 1)).astype(np.uint8)
     c0, c1 = tile // 3, tile - tile // 3  # the central third
     xs, ys, zs = [], [], []
@@ -110,14 +118,16 @@ def balanced(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(idx))
 
 
-def load_study_data(train_per_class: int = 40, val_per_class: int = 40, data_seed: int = 0) -> dict[str, Any]:
-    """The train/val/test tile sets of the real CT (fixed for every run of the study)."""
+def load_study_data(
+    train_per_class: int = 40, val_per_class: int = 40, data_seed: int = 0, window: tuple[float, float] = HU_WINDOW
+) -> dict[str, Any]:
+    """The train/val/test tile sets of the real CT (fixed for every run of the study), in the HU ``window``."""
     image_path, label_path = find_demo_ct()
     image, label = read_mrc(image_path), read_mrc(label_path)
     splits = slab_splits(image.shape[0])
     data: dict[str, Any] = {"source": str(image_path), "slices": splits}
     for split, per_class in (("train", train_per_class), ("val", val_per_class), ("test", None)):
-        x, y, z = build_tiles(image, label, splits[split])
+        x, y, z = build_tiles(image, label, splits[split], window=window)
         keep = balanced(y, per_class, data_seed) if per_class else np.arange(len(y))
         data[split] = (x[keep], y[keep], z[keep])
     return data
@@ -159,21 +169,32 @@ def predict(network: nn.Module, x: np.ndarray, batch_size: int = 128) -> torch.T
 
 
 def scores(probs: torch.Tensor, y: np.ndarray) -> dict[str, float]:
-    """Accuracy, macro-F1 and ECE (15 bins) of test probabilities."""
+    """Accuracy, macro-F1, ECE (15 bins), NLL (mean negative log-likelihood of the true class) and macro one-vs-rest
+    ROC-AUC (MONAI's ``compute_roc_auc``) of test probabilities."""
+    from monai.metrics import compute_roc_auc
+
     truth = torch.from_numpy(y)
     pred = probs.argmax(1)
     cm = torch.zeros(len(CLASSES), len(CLASSES), dtype=torch.long)
     cm.index_put_((truth, pred), torch.ones_like(truth), accumulate=True)
+    p_true = probs.double().gather(1, truth[:, None])[:, 0]
+    onehot = nn.functional.one_hot(truth, len(CLASSES))
     return {
         "accuracy": float((pred == truth).double().mean()),
         "macro_f1": float(f1_scores(cm).mean()),
         "ece": expected_calibration_error(probs.double(), truth, 15),
+        "nll": float(-p_true.clamp_min(1e-12).log().mean()),  # clamped: a certain wrong answer costs 27.6, not inf
+        "auc": float(compute_roc_auc(probs.double(), onehot, average="macro")),
     }
 
 
 def train_one(strategy: str, seed: int, data: dict[str, Any], run_dir: Path, args: argparse.Namespace,
-              train_index: np.ndarray | None = None) -> dict[str, Any]:
-    """One fine-tuning run; returns its record (test scores, best epoch, time, transferability for MetaLR)."""
+              train_index: np.ndarray | None = None, initial_state: dict[str, torch.Tensor] | None = None,
+              epochs: int | None = None) -> dict[str, Any]:
+    """One fine-tuning run; returns its record (test scores, best epoch, time, transferability for MetaLR).
+
+    ``initial_state``: start from these weights (a source model) instead of ImageNet's; ``epochs``: instead of
+    ``args.epochs`` (the equal-compute runs)."""
     from monai.engines import SupervisedEvaluator, SupervisedTrainer
     from monai.handlers import ValidationHandler
     from monai.transforms import Activationsd, AsDiscreted, Compose
@@ -185,6 +206,9 @@ def train_one(strategy: str, seed: int, data: dict[str, Any], run_dir: Path, arg
     if train_index is not None:
         x_train, y_train = x_train[train_index], y_train[train_index]
     network = get_classifier("efficientnet_lite0", len(CLASSES), pretrained=True)
+    if initial_state is not None:
+        network.load_state_dict(initial_state)
+    epochs = args.epochs if epochs is None else epochs
     pretrained = {k: v.clone() for k, v in network.state_dict().items()}
     kwargs = {**STRATEGY_KWARGS.get(strategy, {}), **args.strategy_kwargs}
     strat = make_strategy(strategy, network, lr=args.lr, head_lr=args.head_lr, **kwargs)
@@ -197,10 +221,11 @@ def train_one(strategy: str, seed: int, data: dict[str, Any], run_dir: Path, arg
         device=torch.device("cpu"), val_data_loader=val_loader, network=network, postprocessing=post,
         key_val_metric=classification_metrics(CLASSES, "val_", include=["macro_f1"]), val_handlers=[saver],
     )
-    metalr = MetaLRHandler(meta_loader, output_dir=run_dir, hyper_lr=args.hyper_lr, seed=seed) if strat.learns_lrs else None
+    learned = strat.learns_lrs  # MetaLR on the held-out meta batches; the other strategies keep their LRs
+    metalr = MetaLRHandler(meta_loader, output_dir=run_dir, hyper_lr=args.hyper_lr, seed=seed) if learned else None
     handlers = [StrategyHandler(strat, metalr)]
     trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=args.epochs,
+        device=torch.device("cpu"), max_epochs=epochs,
         train_data_loader=_loader(x_train, y_train, args.batch_size, True, seed),
         network=network, optimizer=optimizer, loss_function=strat.wrap_loss(nn.CrossEntropyLoss()),
         train_handlers=[*handlers, ValidationHandler(1, evaluator, epoch_level=True)],
@@ -212,9 +237,10 @@ def train_one(strategy: str, seed: int, data: dict[str, Any], run_dir: Path, arg
     network.load_state_dict(torch.load(saver.path, weights_only=True))
     probs = predict(network, data["test"][0])
     record: dict[str, Any] = {
-        "strategy": strategy + args.variant, "seed": seed, "n_train": len(y_train), "epochs": args.epochs,
+        "strategy": strategy + args.variant, "seed": seed, "n_train": len(y_train), "epochs": epochs,
         "hyper_lr": args.hyper_lr if strategy == "metalr" else None,
         "best_epoch": saver.best_epoch, "val_macro_f1": saver.best, "seconds": round(seconds, 1),
+        "best_model": str(saver.path),
         **{f"test_{k}": v for k, v in scores(probs, data["test"][1]).items()},
     }
     with atomic_path(run_dir / "test_probs.pt") as tmp:
@@ -228,10 +254,31 @@ def train_one(strategy: str, seed: int, data: dict[str, Any], run_dir: Path, arg
     return record
 
 
-def done_runs(path: Path) -> set[tuple]:
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of ``runs.jsonl`` (none if it does not exist yet)."""
     if not path.exists():
-        return set()
-    return {(r["strategy"], r["seed"], r["n_train"]) for r in map(json.loads, path.read_text().splitlines())}
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def done_runs(path: Path) -> set[tuple]:
+    return {(r["strategy"], r["seed"], r["n_train"]) for r in read_records(path)}
+
+
+def equal_time_epochs(records: Sequence[dict[str, Any]], strategy: str, seed: int, n_train: int, epochs: int) -> int:
+    """Epochs that give ``strategy`` MetaLR's wall-clock budget on this seed: ``epochs`` scaled by MetaLR's time over
+    the strategy's own at the standard budget (both must have run; never fewer than ``epochs``).
+
+    Raises:
+        LookupError: the standard runs of MetaLR or of ``strategy`` for this seed are missing.
+    """
+    def seconds(name: str) -> float:
+        for r in records:
+            if r["strategy"] == name and r["seed"] == seed and r["n_train"] == n_train and r["epochs"] == epochs:
+                return float(r["seconds"])
+        raise LookupError(f"equal-time runs need the standard {name} run of seed {seed} (n={n_train}) first")
+
+    return max(epochs, round(epochs * seconds("metalr") / max(seconds(strategy), 1e-9)))
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
@@ -245,13 +292,8 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
             tmp.write_text(lines + json.dumps(record) + "\n")
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="study_output/tiles")
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--fractions", nargs="+", type=float, default=[1.0],
-                        help="fractions of the training set (nested, class-stratified subsets)")
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training settings this study shares with the controlled transfer study."""
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -262,8 +304,22 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--strategy_kwargs", type=json.loads, default={},
                         help="JSON of extra strategy arguments, e.g. '{\"separate_head\": true}' for all_layers")
+
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="study_output/tiles")
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
+    parser.add_argument("--fractions", nargs="+", type=float, default=[1.0],
+                        help="fractions of the training set (nested, class-stratified subsets)")
+    add_training_arguments(parser)
     parser.add_argument("--variant", default="", help="appended to the strategy name in the records, e.g. '@1e-3' "
                         "for a run with another --hyper_lr")
+    parser.add_argument("--equal_time", action="store_true",
+                        help="baselines get MetaLR's wall-clock budget (more epochs), recorded as '<strategy>=time'; "
+                        "needs the standard runs of the same seeds first")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -284,15 +340,24 @@ def main(argv: Sequence[str] | None = None) -> Path:
         index = np.asarray([it["index"] for it in subsets[fraction]])
         for seed in args.seeds:
             for strategy in args.strategies:
-                if (strategy + args.variant, seed, len(index)) in done_runs(runs):
+                if args.equal_time and strategy == "metalr":
+                    continue  # the budget is MetaLR's own
+                variant = args.variant + ("=time" if args.equal_time else "")
+                if (strategy + variant, seed, len(index)) in done_runs(runs):
                     continue
-                run_dir = out / f"n{len(index)}" / f"{strategy}{args.variant}_seed{seed}"
-                record = train_one(strategy, seed, data, run_dir, args, index)
+                epochs = (
+                    equal_time_epochs(read_records(runs), strategy, seed, len(index), args.epochs)
+                    if args.equal_time else None
+                )  # fmt: skip
+                run_dir = out / f"n{len(index)}" / f"{strategy}{variant}_seed{seed}"
+                run_args = argparse.Namespace(**{**vars(args), "variant": variant})
+                record = train_one(strategy, seed, data, run_dir, run_args, index, epochs=epochs)
                 record["fraction"] = fraction
                 append_record(runs, record)
                 print(f"{record['strategy']:14s} seed {seed} n={len(index):3d}: acc {record['test_accuracy']:.3f} "
-                      f"macro-F1 {record['test_macro_f1']:.3f} ECE {record['test_ece']:.3f} "
-                      f"(best epoch {record['best_epoch']}, {record['seconds']:.0f} s)", flush=True)
+                      f"macro-F1 {record['test_macro_f1']:.3f} NLL {record['test_nll']:.3f} "
+                      f"AUC {record['test_auc']:.3f} ({record['epochs']} epochs, best {record['best_epoch']}, "
+                      f"{record['seconds']:.0f} s)", flush=True)
     return runs
 
 

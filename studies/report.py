@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from paired_stats import best_baseline, compare
 
 from monai_metalr.analysis.data_efficiency import plot_data_efficiency
 from monai_metalr.analysis.lr_curves import plot_lr_curves, read_lr_csv
 from monai_metalr.analysis.transferability import plot_transferability, spearman
 from monai_metalr.io import atomic_path
+
+# the learned-LR strategies; a "best baseline" is chosen among the others
+LEARNED = ("metalr",)
 
 HEADS = ("head", "Out")  # the output layer group of EfficientNet-Lite0 and of the 3D U-Net
 
@@ -42,6 +46,12 @@ def fmt(values: Sequence[float], digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+def fmt_optional(runs: Sequence[Mapping[str, Any]], key: str) -> str:
+    """:func:`fmt` of ``key`` over the runs that recorded it (older records lack NLL/AUC): ``-`` if none did."""
+    values = [r[key] for r in runs if key in r]
+    return fmt(values) if values else "-"
+
+
 def by(runs: Sequence[Mapping[str, Any]], *keys: str) -> dict[tuple, list[Mapping[str, Any]]]:
     out: dict[tuple, list] = defaultdict(list)
     for r in runs:
@@ -55,17 +65,45 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def paired(runs: Sequence[Mapping[str, Any]], metric: str, reference: str = "metalr") -> list[list[Any]]:
-    """Per baseline: MetaLR minus it on the same seed (mean +- std) and MetaLR's wins / seeds."""
-    seeds = {r["strategy"]: {x["seed"]: x[metric] for x in runs if x["strategy"] == r["strategy"]} for r in runs}
-    ours = seeds.get(reference, {})
+    """Per baseline: MetaLR minus it on the same seeds, mean with its bootstrap 95% interval, the verdict, and
+    MetaLR's wins / seeds."""
     rows = []
-    for name, values in seeds.items():
-        common = sorted(set(values) & set(ours))
-        if name == reference or not common:
+    for name in sorted({r["strategy"] for r in runs} - {reference}):
+        try:
+            c = compare(runs, metric, reference, name)
+        except ValueError:  # fewer than two common seeds: no interval
             continue
-        diffs = [ours[s] - values[s] for s in common]
-        rows.append([name, fmt(diffs), f"{sum(d > 0 for d in diffs)}/{len(common)}"])
+        wins = sum(
+            1 for r in runs if r["strategy"] == reference
+            for b in runs if b["strategy"] == name and b["seed"] == r["seed"] and r[metric] > b[metric]
+        )  # fmt: skip
+        rows.append([name, c.text(), c.verdict, f"{wins}/{c.seeds}"])
     return rows
+
+
+#: (record key, column name, higher is better) of the verdict table
+VERDICT_METRICS = (("test_macro_f1", "macro-F1", True), ("test_nll", "NLL", False), ("test_auc", "AUC", True))
+
+
+def verdicts(runs: Sequence[Mapping[str, Any]], metrics: Sequence[tuple[str, str, bool]] = VERDICT_METRICS,
+             learned: Sequence[str] = LEARNED) -> str:
+    """The summary table of a task: each learned-LR strategy against the best baseline on each metric (the baseline
+    with the best mean on that metric), as mean same-seed difference [95% CI] and win / tie / loss."""
+    rows = []
+    for key, column, higher in metrics:
+        have = [r for r in runs if key in r]
+        for name in learned:
+            if not any(r["strategy"] == name for r in have):
+                continue
+            try:
+                base = best_baseline(have, key, exclude=learned, higher_is_better=higher)
+                c = compare(have, key, name, base, higher_is_better=higher)
+            except ValueError as e:  # no baseline, or fewer than two common seeds
+                rows.append([name, column, "-", "-", str(e)])
+                continue
+            rows.append([name, column, base, f"{c.text()} ({c.seeds} seeds)", c.verdict])
+    header = ["strategy", "metric", "best baseline", "difference [95% CI], > 0 better", "verdict"]
+    return table(header, rows) if rows else ""
 
 
 def rank_correlations(meta: Sequence[Mapping[str, Any]]) -> str:
@@ -98,11 +136,20 @@ def tiles_report(folder: Path, out: Path) -> tuple[str, dict]:
     rows = []
     for (name,), rs in sorted(by(main, "strategy").items(), key=lambda kv: -mean_std([r["test_macro_f1"] for r in kv[1]])[0]):
         rows.append([name, len(rs), fmt([r["test_accuracy"] for r in rs]), fmt([r["test_macro_f1"] for r in rs]),
-                     fmt([r["test_ece"] for r in rs]), f"{mean_std([r['best_epoch'] for r in rs])[0]:.1f}",
+                     fmt_optional(rs, "test_nll"), fmt_optional(rs, "test_auc"), fmt([r["test_ece"] for r in rs]),
+                     f"{mean_std([r['epochs'] for r in rs])[0]:.0f}", f"{mean_std([r['best_epoch'] for r in rs])[0]:.1f}",
                      f"{mean_std([r['seconds'] for r in rs])[0]:.0f}"])
-    text.append(table(["strategy", "seeds", "accuracy", "macro-F1", "ECE", "best epoch", "train s"], rows))
-    text.append("\nMetaLR minus each baseline, same seed (macro-F1):\n\n")
-    text.append(table(["baseline", "difference", "MetaLR better"], paired(main, "test_macro_f1")))
+    text.append(table(["strategy", "seeds", "accuracy", "macro-F1", "NLL", "AUC", "ECE", "epochs", "best epoch",
+                       "train s"], rows))
+    standard = [r for r in main if "=" not in r["strategy"] and "@" not in r["strategy"] and "+" not in r["strategy"]]
+    text.append("\nSummary: MetaLR against the best baseline (standard budget, same seeds):\n\n")
+    text.append(verdicts(standard))
+    equal = [r for r in main if r["strategy"] in LEARNED or r["strategy"].endswith("=time")]
+    if any(r["strategy"].endswith("=time") for r in equal):
+        text.append("\nSummary at equal wall-clock: every baseline trained for MetaLR's time (more epochs):\n\n")
+        text.append(verdicts(equal))
+    text.append("\nMetaLR minus each baseline, same seeds (macro-F1), with bootstrap 95% intervals:\n\n")
+    text.append(table(["baseline", "difference [95% CI]", "verdict", "MetaLR better"], paired(main, "test_macro_f1")))
     summary: dict[str, Any] = {"full": {r[0]: r[1:] for r in rows}}
 
     meta = [r for r in main if r["strategy"] == "metalr" and "lr_vs_t" in r]
@@ -148,8 +195,10 @@ def seg3d_report(folder: Path, out: Path) -> tuple[str, dict]:
                      f"{mean_std([r['train_seconds'] for r in rs])[0]:.0f}"])
     text = ["### 3D: self-supervised U-Net fine-tuned for liver segmentation\n",
             table(["strategy", "seeds", "liver Dice", "tumour Dice", "train s"], rows),
-            "\nMetaLR minus each baseline, same seed (liver Dice):\n\n",
-            table(["baseline", "difference", "MetaLR better"], paired(runs, "test_liver_dice"))]
+            "\nSummary: MetaLR against the best baseline (same seeds):\n\n",
+            verdicts(runs, (("test_liver_dice", "liver Dice", True), ("test_tumour_dice", "tumour Dice", True))),
+            "\nMetaLR minus each baseline, same seeds (liver Dice), with bootstrap 95% intervals:\n\n",
+            table(["baseline", "difference [95% CI]", "verdict", "MetaLR better"], paired(runs, "test_liver_dice"))]
     meta = [r for r in runs if r["strategy"] == "metalr" and "lr_vs_t" in r]
     summary: dict[str, Any] = {"rows": {r[0]: r[1:] for r in rows}}
     if meta:
@@ -169,20 +218,73 @@ def seg3d_report(folder: Path, out: Path) -> tuple[str, dict]:
     return "".join(text), summary
 
 
+def transfer_report(folder: Path, out: Path) -> tuple[str, dict]:
+    """Study (c): per target, the strategies' test scores and MetaLR against the best baseline; MetaLR's final
+    multiplier per group (geometric mean over seeds), and whether the early groups or the head rose more."""
+    import math
+
+    from monai_metalr.analysis.figures import pyplot, save_figure
+
+    runs = read_runs(folder / "runs.jsonl")
+    source = json.loads((folder / "source" / "source.json").read_text())
+    text = [f"### Controlled transfer: EfficientNet-Lite0 source model (test macro-F1 {source['test_macro_f1']:.3f} "
+            "on the unchanged tiles) fine-tuned on changed copies\n"]
+    summary: dict[str, Any] = {"source_macro_f1": source["test_macro_f1"], "targets": {}}
+    targets = list(dict.fromkeys(r["target"] for r in runs))
+    heat, heat_targets, groups = [], [], None
+    for target in targets:
+        rs = [r for r in runs if r["target"] == target]
+        rows = [[name, len(g), fmt([r["test_macro_f1"] for r in g]), fmt_optional(g, "test_nll"),
+                 f"{mean_std([r['seconds'] for r in g])[0]:.0f}"]
+                for (name,), g in sorted(by(rs, "strategy").items(), key=lambda kv: -mean_std([r["test_macro_f1"] for r in kv[1]])[0])]
+        text.append(f"\n**{target}** (the {rs[0]['expected']} layers should adapt):\n\n")
+        text.append(table(["strategy", "seeds", "macro-F1", "NLL", "train s"], rows))
+        text.append("\n" + verdicts(rs, VERDICT_METRICS[:2]))
+        meta = [r for r in rs if "final_multiplier" in r]
+        entry: dict[str, Any] = {"rows": {r[0]: r[1:] for r in rows}}
+        if meta:
+            groups = list(meta[0]["final_multiplier"])
+            geo = {g: math.exp(statistics.fmean(math.log(r["final_multiplier"][g]) for r in meta)) for g in groups}
+            early = statistics.fmean(math.log(geo[g]) for g in groups[: max(1, len(groups) // 3)])
+            contrast = early - math.log(geo[groups[-1]])  # > 0: the early third rose more than the head
+            text.append(f"\nMetaLR's final multipliers (geometric mean over {len(meta)} seeds): "
+                        + ", ".join(f"{g} {geo[g]:.2f}" for g in groups)
+                        + f". Early third vs head: log ratio {contrast:+.2f} "
+                        + ("(early rose more)" if contrast > 0 else "(head rose more)") + "\n")
+            entry.update(multipliers=geo, early_vs_head=contrast)
+            heat.append([math.log(geo[g]) for g in groups])
+            heat_targets.append(target)
+        summary["targets"][target] = entry
+    if heat and groups:
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(1 + 0.6 * len(groups), 1 + 0.45 * len(heat)))
+        lim = max(1e-3, max(abs(v) for row in heat for v in row))
+        image = ax.imshow(heat, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_xticks(range(len(groups)), groups, rotation=60, ha="right")
+        ax.set_yticks(range(len(heat)), heat_targets)
+        fig.colorbar(image, ax=ax, label="log final multiplier (red: LR rose)")
+        ax.set_title("MetaLR per target: which groups' LRs rose and fell")
+        save_figure(fig, out / "transfer_multipliers.png")
+    return "".join(text), summary
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiles", type=Path, help="the --out folder of liver_ct_tiles.py")
     parser.add_argument("--seg3d", type=Path, help="the --out folder of liver_seg_3d.py")
+    parser.add_argument("--transfer", type=Path, help="the --out folder of controlled_transfer.py")
     parser.add_argument("--out", type=Path, default=Path("study_output/report"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     parts, summary = [], {}
-    for name, folder, build in (("tiles", args.tiles, lambda f: tiles_report(f, args.out)), ("seg3d", args.seg3d, lambda f: seg3d_report(f, args.out))):
+    builders = (("tiles", args.tiles, tiles_report), ("seg3d", args.seg3d, seg3d_report),
+                ("transfer", args.transfer, transfer_report))
+    for name, folder, report_of in builders:
         if folder is not None:
-            text, summary[name] = build(folder)
+            text, summary[name] = report_of(folder, args.out)
             parts.append(text)
     if not parts:
-        parser.error("give --tiles and/or --seg3d")
+        parser.error("give --tiles, --seg3d and/or --transfer")
     with atomic_path(args.out / "report.md") as tmp:
         tmp.write_text("\n".join(parts))
     with atomic_path(args.out / "report.json") as tmp:

@@ -14,6 +14,7 @@ import torch
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 sys.path.insert(0, str(STUDIES))
 
+import controlled_transfer as transfer
 import genesis_pretrain
 import liver_ct_tiles as tiles
 import liver_seg_3d
@@ -75,7 +76,7 @@ def test_build_tiles_labels_by_centre_window():
 @pytest.fixture(scope="module")
 def tiles_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiles")
-    args = ["--out", str(out), "--strategies", "metalr", "last_layer", "--seeds", "0", "--epochs", "1",
+    args = ["--out", str(out), "--strategies", "metalr", "last_layer", "--seeds", "0", "1", "--epochs", "1",
             "--train_per_class", "4", "--val_per_class", "4", "--fractions", "0.5", "1.0", "--batch_size", "4"]
     runs = tiles.main(args)
     return out, runs, args
@@ -84,17 +85,20 @@ def tiles_run(tmp_path_factory):
 def test_tiles_study_end_to_end(tiles_run):
     out, runs, args = tiles_run
     records = [json.loads(line) for line in runs.read_text().splitlines()]
-    assert sorted((r["strategy"], r["n_train"]) for r in records) == [
-        ("last_layer", 6), ("last_layer", 12), ("metalr", 6), ("metalr", 12)]
+    assert sorted((r["strategy"], r["n_train"], r["seed"]) for r in records) == [
+        (s, n, seed) for s in ("last_layer", "metalr") for n in (6, 12) for seed in (0, 1)]
     data = json.loads((out / "data.json").read_text())
     assert data["counts"]["train"] == [4, 4, 4] and sum(data["counts"]["test"]) > 100
     for r in records:
         assert 0 <= r["test_accuracy"] <= 1 and 0 <= r["test_macro_f1"] <= 1 and 0 <= r["test_ece"] <= 1
-        probs = torch.load(out / f"n{r['n_train']}" / f"{r['strategy']}_seed0" / "test_probs.pt")
+        probs = torch.load(out / f"n{r['n_train']}" / f"{r['strategy']}_seed{r['seed']}" / "test_probs.pt")
         assert probs.shape == (sum(data["counts"]["test"]), 3)
         # the record's accuracy is the saved probabilities' argmax against the test labels
         test_y = tiles.load_study_data(4, 4)["test"][1]
         assert r["test_accuracy"] == pytest.approx(float((probs.argmax(1).numpy() == test_y).mean()))
+        p = probs.double().numpy()
+        assert r["test_nll"] == pytest.approx(float(-np.log(np.maximum(p[np.arange(len(test_y)), test_y], 1e-12)).mean()))
+        assert r["test_auc"] == pytest.approx(np.mean([_auc_by_ranks(p[:, c], test_y == c) for c in range(3)]), abs=1e-9)
     meta = next(r for r in records if r["strategy"] == "metalr" and r["n_train"] == 12)
     assert meta["lr_vs_t"]["groups"][-1] == "head" and -1 <= meta["lr_vs_t"]["spearman"] <= 1
     assert (out / "n12" / "metalr_seed0" / "metalr_lr.png").is_file()
@@ -103,13 +107,42 @@ def test_tiles_study_end_to_end(tiles_run):
     assert runs.read_text() == before
 
 
+def _auc_by_ranks(score: np.ndarray, positive: np.ndarray) -> float:
+    """One-vs-rest ROC-AUC as the Mann-Whitney statistic: the chance a positive outranks a negative (ties 1/2)."""
+    pos, neg = score[positive], score[~positive]
+    return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
+
+
+def test_equal_time_runs_get_metalr_s_wall_clock(tiles_run):
+    out, runs, args = tiles_run
+    records = tiles.read_records(runs)
+    expected = {
+        seed: tiles.equal_time_epochs(records, "last_layer", seed, 12, 1) for seed in (0, 1)
+    }  # fmt: skip
+    for seed, epochs in expected.items():  # MetaLR's time over last_layer's, times one epoch, rounded, at least 1
+        metalr = next(r for r in records if r["strategy"] == "metalr" and r["seed"] == seed and r["n_train"] == 12)
+        base = next(r for r in records if r["strategy"] == "last_layer" and r["seed"] == seed and r["n_train"] == 12)
+        assert epochs == max(1, round(metalr["seconds"] / base["seconds"]))
+    at_full_size = [a for a in args if a != "0.5"]  # the equal-time rows at the full training set only
+    tiles.main([*at_full_size, "--equal_time"])
+    timed = [r for r in tiles.read_records(runs) if r["strategy"] == "last_layer=time"]
+    assert sorted((r["seed"], r["epochs"]) for r in timed) == sorted(expected.items())
+    assert not any(r["strategy"] == "metalr=time" for r in tiles.read_records(runs))
+    with pytest.raises(LookupError, match="standard metalr run of seed 7"):
+        tiles.equal_time_epochs(records, "last_layer", 7, 12, 1)
+
+
 def test_report_tables_and_figures(tiles_run, tmp_path):
     out, _, _ = tiles_run
     path = report.main(["--tiles", str(out), "--out", str(tmp_path)])
     text = path.read_text()
-    assert "| metalr | 1 |" in text and "| last_layer | 1 |" in text
+    assert "| metalr | 2 |" in text and "| last_layer | 2 |" in text
     assert "Data efficiency" in text and "| last_layer |" in text.split("Data efficiency")[1]
     assert "| last_layer |" in text.split("MetaLR minus each baseline")[1]
+    summary = text.split("Summary: MetaLR against the best baseline")[1]
+    for metric in ("macro-F1", "NLL", "AUC"):  # a row per metric, against last_layer, with an interval and a verdict
+        row = next(line for line in summary.splitlines() if line.startswith(f"| metalr | {metric} | last_layer |"))
+        assert re.search(r"\[[-+]\d+\.\d{3}, [-+]\d+\.\d{3}\] \(2 seeds\) \| (win|tie|loss) \|$", row), row
     for png in ("tiles_lr_curves.png", "tiles_data_efficiency.png", "tiles_transferability.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -149,3 +182,47 @@ def test_genesis_pretraining_then_bundle_fine_tuning(tmp_path):
         source = fresh if k.startswith("out_tr.final_conv") else saved  # the 3-class output cannot come from Genesis
         assert torch.equal(start[k], source[k]), k
     assert not torch.equal(saved["down_tr64.ops.0.conv1.weight"], fresh["down_tr64.ops.0.conv1.weight"])
+
+
+def test_controlled_transfer_targets_change_one_thing():
+    data = tiles.load_study_data(4, 4)
+    for name in ("invert", "speckle", "blur", "permute"):
+        target = transfer.make_target(name, data)
+        for split in ("train", "val", "test"):
+            (x0, y0, z0), (x1, y1, z1) = data[split], target[split]
+            assert x1.shape == x0.shape and x1.dtype == np.uint8 and (z1 == z0).all()
+            if name == "permute":
+                assert (x1 == x0).all() and (y1 == (y0 + 1) % 3).all()
+            else:
+                assert (y1 == y0).all() and not (x1 == x0).all()
+    assert (transfer.make_target("invert", data)["test"][0] == 255 - data["test"][0]).all()
+    blurred = transfer.make_target("blur", data)["train"][0].astype(float)
+    assert np.abs(np.diff(blurred, axis=2)).mean() < np.abs(np.diff(data["train"][0].astype(float), axis=2)).mean()
+    with pytest.raises(ValueError, match="needs the tiles in the wide window"):
+        transfer.make_target("window", data)
+    with pytest.raises(ValueError, match="unknown target 'rotate'"):
+        transfer.make_target("rotate", data)
+
+
+def test_controlled_transfer_end_to_end_and_report(tmp_path):
+    out = tmp_path / "transfer"
+    args = ["--out", str(out), "--targets", "invert", "permute", "--strategies", "metalr", "last_layer",
+            "--seeds", "0", "1", "--epochs", "1", "--train_per_class", "4", "--val_per_class", "4", "--batch_size", "4"]
+    runs = transfer.main(args)
+    records = tiles.read_records(runs)
+    assert sorted((r["target"], r["strategy"], r["seed"]) for r in records) == [
+        (t, s, seed) for t in ("invert", "permute") for s in ("last_layer", "metalr") for seed in (0, 1)]
+    source = torch.load(out / "source" / "source_model.pt", weights_only=True)
+    for r in records:
+        if r["strategy"] == "metalr":
+            csv = out / r["target"] / f"metalr_seed{r['seed']}" / "metalr_lr.csv"
+            assert r["final_multiplier"] == pytest.approx(transfer.final_multipliers(csv))
+            assert list(r["final_multiplier"])[-1] == "head" and all(m > 0 for m in r["final_multiplier"].values())
+        else:  # last_layer trains the head only: every other weight is the source model's
+            tuned = torch.load(r["best_model"], weights_only=True)
+            assert all(torch.equal(tuned[k], v) for k, v in source.items() if not k.startswith("_fc."))
+    path = report.main(["--transfer", str(out), "--out", str(tmp_path / "report")])
+    text = path.read_text()
+    assert "**invert** (the early layers should adapt)" in text and "**permute** (the head layers should adapt)" in text
+    assert text.count("MetaLR's final multipliers") == 2 and "Early third vs head: log ratio" in text
+    assert (tmp_path / "report" / "transfer_multipliers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
