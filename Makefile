@@ -34,7 +34,7 @@ TEST_THREADS ?= 1
 test: $(DEMO_STAMP)
 	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -q -n 2 --dist loadfile --timeout 600
 
-# the real-data study of docs/results.md (about 2.5 h on 2 CPU cores; needs Debian's apt for the head CT)
+# the real-data study of docs/results.md (about 6-7 h on 2 CPU cores, resumable; needs Debian's apt for the head CT)
 study: $(DEMO_STAMP)
 	PY=$(PY) studies/run_all.sh
 

@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--pretrained", required=True, help="genesis_unet3d.pt from studies/genesis_pretrain.py")
     parser.add_argument("--out", default="study_output/seg3d")
     parser.add_argument("--strategies", nargs="+", default=[*STRATEGIES, SCRATCH], choices=[*STRATEGIES, SCRATCH])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--iterations_per_epoch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=5e-4)

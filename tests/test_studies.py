@@ -226,3 +226,18 @@ def test_controlled_transfer_end_to_end_and_report(tmp_path):
     assert "**invert** (the early layers should adapt)" in text and "**permute** (the head layers should adapt)" in text
     assert text.count("MetaLR's final multipliers") == 2 and "Early third vs head: log ratio" in text
     assert (tmp_path / "report" / "transfer_multipliers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_all_calls_scripts_and_options_that_exist():
+    """`make study` runs studies/run_all.sh for hours: a renamed script or option must fail here, not at hour 3."""
+    import subprocess
+
+    script = STUDIES / "run_all.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    calls = re.findall(r"\$PY (studies/\w+\.py)((?:[^\n]|\\\n)*)", script.read_text())
+    assert {c[0] for c in calls} >= {"studies/liver_ct_tiles.py", "studies/controlled_transfer.py",
+                                     "studies/genesis_pretrain.py", "studies/liver_seg_3d.py", "studies/report.py"}
+    for path, rest in calls:
+        source = (STUDIES.parent / path).read_text()
+        for option in re.findall(r"(--\w+)", rest):
+            assert f'"{option}"' in source, f"{path} has no option {option}"
