@@ -23,9 +23,8 @@ Bundle config::
     "loss": "$@strategy_def.wrap_loss(@base_loss)",
     "metalr_handler": {"_target_": "monai_metalr.handlers.MetaLRHandler", "_disabled_": "$not @use_metalr",
                        "meta_loader": "@meta#dataloader", ...},
-    "strategy_handler": {"_target_": "monai_metalr.handlers.StrategyHandler", "strategy": "@strategy_def",
-                         "metalr": "@metalr_handler"},
-    train handlers: [..., "@strategy_handler", "ValidationHandler", ...]
+    "train#handlers": [..., {"_target_": "monai_metalr.handlers.StrategyHandler", "strategy": "@strategy_def",
+                             "metalr": "@metalr_handler"}, "LrScheduleHandler ...", "ValidationHandler ...", ...]
 
 A frozen group has ``requires_grad=False``, ``.grad`` set to ``None`` (so ``torch.optim`` skips it even
 when the trainer zeroes gradients instead of dropping them), and all its modules in eval mode at every

@@ -1359,7 +1359,7 @@ def test_command_line_settings_that_were_misread_are_refused_or_read_right(tmp_p
         assert_names(lambda p=parser: p.get_parsed_content("initialize"), "image_size", r"2 whole numbers >= 1")
     for text, on in (("no", False), ("False", False), ("off", False), ("yes", True)):
         parser = bundle_parser(BUSI_BUNDLE, "train.json", use_metalr=text, **common)
-        assert isinstance(parser.get_parsed_content("strategy_handler").metalr, MetaLRHandler) is on, text
+        assert isinstance(parser.get_parsed_content("metalr_handler"), MetaLRHandler) is on, text
         assert parser.get_parsed_content("run_settings")["use_metalr"] is on  # what resume compares
     parser = bundle_parser(BUSI_BUNDLE, "train.json", use_metalr="maybe", **common)
     assert_names(lambda: parser.get_parsed_content("train#handlers"), "use_metalr", r"true or false")

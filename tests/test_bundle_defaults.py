@@ -27,7 +27,12 @@ def test_bundle_uses_the_library_defaults(bundle):
     lo, hi = config["multiplier_bounds"]
     assert lo < 1.0 < hi  # every multiplier starts at 1: strictly inside
     handlers = config["train"]["handlers"]
-    assert "@strategy_handler" in handlers and config["strategy_handler"]["metalr"] == "@metalr_handler"
+    (strategy,) = [h for h in handlers if h.get("_target_") == "monai_metalr.handlers.StrategyHandler"]
+    assert strategy == {"_target_": "monai_metalr.handlers.StrategyHandler", "strategy": "@strategy_def",
+                        "metalr": "@metalr_handler"}
+    names = [h["_target_"] for h in handlers]  # schedulefree's switch to the averaged weights precedes validation
+    assert names.index("monai_metalr.handlers.StrategyHandler") < names.index("ValidationHandler")
+    assert "@metalr_handler" in config["train"]["checkpoint"]["save_dict"]
     metalr = config["metalr_handler"]
     assert metalr["hyper_lr"] == "@hyper_lr" and metalr["multiplier_bounds"] == "@multiplier_bounds"
     assert "lr_bounds" not in json.dumps(config)
