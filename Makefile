@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA_SPEC ?= liver-ct-segmentation-package==1.6.0
 DEMO_STAMP := $(VENV)/.demo-data
 
-.PHONY: setup demo test study clean
+.PHONY: setup demo test study study-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,6 +37,12 @@ test: $(DEMO_STAMP)
 # the real-data study of docs/results.md (about 6-7 h on 2 CPU cores, resumable; needs Debian's apt for the head CT)
 study: $(DEMO_STAMP)
 	PY=$(PY) studies/run_all.sh
+
+# the real data of docs/datasets.md (Colin27 + AAL, pyradiomics CT/MRI, 16 Kermany X-rays, deepbet weights), fetched
+# with pip and apt-get into $(STUDY_DATA) (default ~/.cache/monai_metalr); idempotent, about 60 MiB kept
+STUDY_DATA ?=
+study-data: $(STAMP)
+	$(PY) -m monai_metalr.data.downloads all $(if $(STUDY_DATA),--root $(STUDY_DATA))
 
 clean:
 	rm -rf demo_output .pytest_cache

@@ -47,52 +47,100 @@ from . import subsets  # noqa: F401
 from .busi import BUSI_CLASSES, busi_datalist, merge_masks
 from .checks import CheckSegmentationd, LoadVolumed
 from .chestxray import CXR_CLASSES, chestxray_datalist
+from .colin27 import (
+    AAL_REGION_SCHEMES,
+    Colin27,
+    aal_region_map,
+    colin27_segmentation_datalist,
+    colin27_slice_items,
+    read_aal_labels,
+    read_colin27,
+)
 from .datasets import LABEL_MODES, label_classes, label_map, make_dataset, split_subset
 from .demo_ct import read_mrc, write_demo_lits
 from .dicom import dicom_frame_info, read_dicom_frame
 from .frames import sample_frame_indices
 from .image2d import LoadFramed, classification_inference_list, read_frame
 from .inv3 import read_inv3
+from .kermany_val import KERMANY_NAME_RULES, arrange_kermany_val, kermany_class_of
 from .lits import LITS_LABELS, lits_datalist, lits_inference_list
 from .meta_batches import meta_loader
+from .nrrd_header import NRRD_READER, NrrdHeader, check_nrrd_pair, read_nrrd_header
 from .pipelines import PIPELINES, check_pipeline, make_loader
 from .pocus import POCUS_CLASSES, folds_to_datalist, pocus_classes, pocus_datalist, pocus_folds_pickle
+from .pyradiomics_cases import PYRADIOMICS_CASES, check_label_values, pyradiomics_datalist
 from .splits import pocus_split, split_cases, split_classification
 from .video import VIDEO_EXTENSIONS, read_video_frames, video_frame_info
 
+# the fetch functions are imported on first access: `python -m monai_metalr.data.downloads` must find the module
+# not yet imported by this package (runpy warns, and would run a second copy of it, otherwise)
+_DOWNLOADS = ("SOURCES", "FetchError", "default_root", "fetch", "fetched_path", "is_fetched")
+
+
+def __getattr__(name: str):
+    if name in _DOWNLOADS:
+        from . import downloads
+
+        return getattr(downloads, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "AAL_REGION_SCHEMES",
     "BUSI_CLASSES",
     "CXR_CLASSES",
+    "KERMANY_NAME_RULES",
     "LABEL_MODES",
     "LITS_LABELS",
+    "NRRD_READER",
     "PIPELINES",
     "POCUS_CLASSES",
+    "PYRADIOMICS_CASES",
+    "SOURCES",
     "VIDEO_EXTENSIONS",
     "CheckSegmentationd",
+    "Colin27",
+    "FetchError",
     "LoadFramed",
     "LoadVolumed",
+    "NrrdHeader",
+    "aal_region_map",
+    "arrange_kermany_val",
     "busi_datalist",
+    "check_label_values",
+    "check_nrrd_pair",
     "check_pipeline",
     "chestxray_datalist",
     "classification_inference_list",
+    "colin27_segmentation_datalist",
+    "colin27_slice_items",
+    "default_root",
     "dicom_frame_info",
+    "fetch",
+    "fetched_path",
     "folds_to_datalist",
+    "is_fetched",
+    "kermany_class_of",
     "label_classes",
     "label_map",
     "lits_datalist",
     "lits_inference_list",
     "make_dataset",
     "make_loader",
-    "meta_loader",
     "merge_masks",
+    "meta_loader",
     "pocus_classes",
     "pocus_datalist",
     "pocus_folds_pickle",
     "pocus_split",
+    "pyradiomics_datalist",
+    "read_aal_labels",
+    "read_colin27",
     "read_dicom_frame",
     "read_frame",
     "read_inv3",
     "read_mrc",
+    "read_nrrd_header",
     "read_video_frames",
     "sample_frame_indices",
     "split_cases",

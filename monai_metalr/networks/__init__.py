@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+from .deepbet import DEEPBET_LAYER_GROUPS, DeepBetNet, deepbet_normalize, load_deepbet
 from .efficientnet_lite import (
     EFFICIENTNET_LITE_IMAGE_SIZE,
     EFFICIENTNET_LITE_MEAN_RGB,
@@ -40,19 +41,23 @@ from .resnet_weights import RESNET_NAMINGS, detect_resnet_naming, monai_resnet18
 from .unet3d import UNet3D
 
 __all__ = [
+    "DEEPBET_LAYER_GROUPS",
     "EFFICIENTNET_LITE_IMAGE_SIZE",
     "EFFICIENTNET_LITE_MEAN_RGB",
     "EFFICIENTNET_LITE_STD_RGB",
     "RESNET_NAMINGS",
+    "DeepBetNet",
     "EfficientNetLite0",
     "PretrainedReport",
     "UNet3D",
+    "deepbet_normalize",
     "detect_resnet_naming",
     "efficientnet_lite0",
     "efficientnet_lite0_weights_path",
     "efficientnet_lite_preprocess",
     "get_classifier",
     "get_network",
+    "load_deepbet",
     "load_pretrained",
     "monai_resnet18",
     "rename_resnet_state_dict",
