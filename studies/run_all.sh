@@ -8,6 +8,7 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-study_output}
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1
+$PY -m monai_metalr.data.downloads all  # the data of docs/datasets.md (make study-data; reused when present)
 
 two_d() {
     # (a) 2D: ImageNet EfficientNet-Lite0 on tiles of the real liver CT: every strategy x 10 seeds, then every
@@ -22,6 +23,8 @@ two_d() {
 }
 
 transfer_and_3d() {
+    # (d) the chest X-ray bundle end to end on 16 real Kermany X-rays (the files read, train and evaluate)
+    $PY studies/kermany_bundle.py --out "$OUT/kermany"
     # (c) controlled transfer: one source model, targets that change only the appearance or only the labels
     $PY studies/controlled_transfer.py --out "$OUT/transfer" --threads 1 --epochs 10 --seeds 0 1
     # (b) 3D: Models-Genesis-style pre-training on the head CT of invesalius-examples, then liver segmentation

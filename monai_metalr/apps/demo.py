@@ -70,7 +70,7 @@ def _run(cmd: list[str]) -> None:
     print(f"[{time.perf_counter() - start:.0f} s]", flush=True)
 
 
-def _read_metrics(path: Path) -> dict[str, float]:
+def read_metrics(path: Path) -> dict[str, float]:
     """MONAI MetricsSaver's ``metrics.csv``: one ``name,value`` row per metric."""
     out = {}
     with open(path, newline="") as f:
@@ -105,7 +105,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     _run(bundle_command(bundle, ["train.json"], epochs=str(args.epochs), use_metalr=args.use_metalr, **common))
     _run(bundle_command(bundle, ["train.json", "evaluate.json"], **common))
 
-    metrics = _read_metrics(out / "metrics.csv")
+    metrics = read_metrics(out / "metrics.csv")
     files = {
         "checkpoint": out / "model.pt",
         "metrics": out / "metrics.csv",
