@@ -86,14 +86,8 @@ def slab_splits(depth: int, slab: int = 16, margin: int = 2, pattern: str = SPLI
     return out
 
 
-def build_tiles(
-    image: np.ndarray,
-    label: np.ndarray,
-    slices: Sequence[int],
-    tile: int = 48,
-    stride: int = 16,
-    window: tuple[float, float] = HU_WINDOW,
-):
+def build_tiles(image: np.ndarray, label: np.ndarray, slices: Sequence[int], tile: int = 48, stride: int = 16,
+                window: tuple[float, float] = HU_WINDOW):
     """Unambiguous tiles of ``slices``: ``(pixels uint8 [N, tile, tile], classes int64 [N], z int64 [N])``, the HU
     ``window`` mapped to 0..255."""
     lo, hi = window

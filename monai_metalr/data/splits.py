@@ -165,13 +165,9 @@ def _split_items(
 
 
 def split_cases(
-    datalist: Sequence[Mapping[str, Any]],
-    split_file: str | os.PathLike | None,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    meta_fraction: float = 0.1,
-) -> dict[str, list[dict[str, Any]]]:
+    datalist: Sequence[Mapping[str, Any]], split_file: str | os.PathLike | None, val_fraction: float = 0.1,
+    test_fraction: float = 0.2, seed: int = 0, meta_fraction: float = 0.1,
+) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     """Split cases into train / val / meta / test, once, and reuse that split from ``split_file`` afterwards.
 
     The four parts are disjoint: ``val`` chooses the best model, ``meta`` feeds MetaLR's meta loader (the held-out
