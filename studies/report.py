@@ -268,23 +268,57 @@ def transfer_report(folder: Path, out: Path) -> tuple[str, dict]:
     return "".join(text), summary
 
 
+def brain3d_report(folder: Path, out: Path) -> tuple[str, dict]:
+    """Study (e): test Dice per strategy and initialisation; MetaLR against the best baseline per initialisation, and
+    deepbet's weights against random initialisation per strategy (same seeds)."""
+    runs = read_runs(folder / "runs.jsonl")
+    classes = runs[0]["classes"]
+    text = ["### 3D: deepbet's brain-extraction U-Net (or random init) fine-tuned on Colin27's hemispheres\n"]
+    rows = []
+    for (init, name), rs in sorted(by(runs, "init", "strategy").items(),
+                                   key=lambda kv: (kv[0][0], -mean_std([r["test_mean_dice"] for r in kv[1]])[0])):
+        rows.append([init, name, len(rs), fmt([r["test_mean_dice"] for r in rs]),
+                     *(fmt([r["test_dice"][c] for r in rs]) for c in classes),
+                     f"{mean_std([r['seconds'] for r in rs])[0]:.0f}"])
+    text.append(table(["init", "strategy", "seeds", "mean Dice", *classes, "train s"], rows))
+    summary: dict[str, Any] = {"rows": [r[:4] for r in rows]}
+    for init in sorted({r["init"] for r in runs}):
+        text.append(f"\nSummary ({init} init): MetaLR against the best baseline (same seeds):\n\n")
+        text.append(verdicts([r for r in runs if r["init"] == init], (("test_mean_dice", "mean Dice", True),)))
+    inits = {r["init"] for r in runs}
+    if inits >= {"deepbet", "random"}:
+        rows = []
+        for name in sorted({r["strategy"] for r in runs}):
+            paired_runs = [{**r, "strategy": r["init"]} for r in runs if r["strategy"] == name]
+            try:
+                c = compare(paired_runs, "test_mean_dice", "deepbet", "random")
+            except ValueError:
+                continue
+            rows.append([name, c.text(), c.verdict])
+        text.append("\nMedical pre-training: deepbet's weights minus random initialisation, same strategy and seeds "
+                    "(mean Dice):\n\n")
+        text.append(table(["strategy", "difference [95% CI]", "verdict"], rows))
+    return "".join(text), summary
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiles", type=Path, help="the --out folder of liver_ct_tiles.py")
     parser.add_argument("--seg3d", type=Path, help="the --out folder of liver_seg_3d.py")
     parser.add_argument("--transfer", type=Path, help="the --out folder of controlled_transfer.py")
+    parser.add_argument("--brain3d", type=Path, help="the --out folder of brain_mri_3d.py")
     parser.add_argument("--out", type=Path, default=Path("study_output/report"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     parts, summary = [], {}
     builders = (("tiles", args.tiles, tiles_report), ("seg3d", args.seg3d, seg3d_report),
-                ("transfer", args.transfer, transfer_report))
+                ("transfer", args.transfer, transfer_report), ("brain3d", args.brain3d, brain3d_report))
     for name, folder, report_of in builders:
         if folder is not None:
             text, summary[name] = report_of(folder, args.out)
             parts.append(text)
     if not parts:
-        parser.error("give --tiles, --seg3d and/or --transfer")
+        parser.error("give --tiles, --seg3d, --transfer and/or --brain3d")
     with atomic_path(args.out / "report.md") as tmp:
         tmp.write_text("\n".join(parts))
     with atomic_path(args.out / "report.json") as tmp:

@@ -35,6 +35,8 @@ transfer_and_3d() {
     $PY studies/genesis_pretrain.py --ct "$OUT/invesalius/usr/share/doc/invesalius-examples/examples/Cranium.inv3" \
         --out "$OUT/genesis" --threads 1
     $PY studies/liver_seg_3d.py --pretrained "$OUT/genesis/genesis_unet3d.pt" --out "$OUT/seg3d" --threads 1
+    # (e) real medical pre-training in 3D: deepbet's brain-extraction U-Net on Colin27's hemispheres (MRI)
+    $PY studies/brain_mri_3d.py --out "$OUT/brain3d" --threads 1
 }
 
 two_d > "$OUT/two_d.log" 2>&1 &
@@ -46,4 +48,5 @@ wait "$first" || { echo "the 2D stream failed: see $OUT/two_d.log" >&2; status=1
 wait "$second" || { echo "the transfer/3D stream failed: see $OUT/transfer_and_3d.log" >&2; status=1; }
 [ "$status" -eq 0 ] || exit "$status"
 
-$PY studies/report.py --tiles "$OUT/tiles" --seg3d "$OUT/seg3d" --transfer "$OUT/transfer" --out "$OUT/report"
+$PY studies/report.py --tiles "$OUT/tiles" --seg3d "$OUT/seg3d" --transfer "$OUT/transfer" --brain3d "$OUT/brain3d" \
+    --out "$OUT/report"
