@@ -95,8 +95,17 @@ def verdicts(runs: Sequence[Mapping[str, Any]], metrics: Sequence[tuple[str, str
         for name in learned:
             if not any(r["strategy"] == name for r in have):
                 continue
+            ours = {r["seed"] for r in have if r["strategy"] == name}
+            seeds_of: dict[str, set] = defaultdict(set)
+            for r in have:
+                seeds_of[r["strategy"]].add(r["seed"])
+            # a baseline can be compared only on the seeds both ran: candidates share at least two with ``name``
+            few = [s for s, seeds in seeds_of.items() if len(seeds & ours) < 2]
+            if not set(seeds_of) - {*learned, *few}:
+                rows.append([name, column, "-", "-", f"no baseline shares two seeds with {name} yet"])
+                continue
             try:
-                base = best_baseline(have, key, exclude=learned, higher_is_better=higher)
+                base = best_baseline(have, key, exclude=[*learned, *few], higher_is_better=higher)
                 c = compare(have, key, name, base, higher_is_better=higher)
             except ValueError as e:  # no baseline, or fewer than two common seeds
                 rows.append([name, column, "-", "-", str(e)])
