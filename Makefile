@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA_SPEC ?= liver-ct-segmentation-package==1.6.0
 DEMO_STAMP := $(VENV)/.demo-data
 
-.PHONY: setup demo test study study-data clean
+.PHONY: setup demo test test-fast study study-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,11 @@ demo: $(DEMO_STAMP)
 TEST_THREADS ?= 1
 test: $(DEMO_STAMP)
 	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -q -n 2 --dist loadfile --timeout 600
+
+# the unit tests alone (about a minute): everything but the tests marked slow (bundle runs, torchrun, long training
+# loops, the study and benchmark scripts end to end)
+test-fast: $(DEMO_STAMP)
+	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -q -n 2 --dist loadfile --timeout 600 -m "not slow"
 
 # the real-data study of docs/results.md (about 6-7 h on 2 CPU cores, resumable; needs Debian's apt for the head CT)
 study: $(DEMO_STAMP)

@@ -12,7 +12,7 @@ It is the baseline of ``step_cost.py`` and is not used by the library. Per train
 
 The authors' sign defect (their virtual step is ``theta + alpha*g``) is not copied: the look-ahead
 descends, so the hypergradient is the same quantity MetaLR computes with ``lookahead="sgd"``; only
-the cost differs. ``tests/test_benchmarks.py`` checks that equality.
+the cost differs. ``tests/studies/test_benchmarks.py`` checks that equality.
 """
 
 from __future__ import annotations

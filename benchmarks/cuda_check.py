@@ -194,9 +194,9 @@ def run_bundle(work_dir: Path, iterations: int, dry_run: bool, meta_fetches: int
     epoch_s = time.perf_counter() - start
     workflow.finalize()
 
-    handlers = [h for h in parser.get_parsed_content("train#handlers") if isinstance(h, MetaLRHandler)]
-    _require(len(handlers) == 1, f"{len(handlers)} MetaLRHandlers in train#handlers")
-    meta = handlers[0].meta
+    metalr = parser.get_parsed_content("metalr_handler")  # the one the bundle's StrategyHandler attached
+    _require(isinstance(metalr, MetaLRHandler), f"the bundle's metalr_handler is {type(metalr).__name__}")
+    meta = metalr.meta
     _require(not amp or trainer.scaler is not None, "amp is on but the trainer has no GradScaler")
     _require(meta.num_meta_steps == iterations, f"{meta.num_meta_steps} meta steps in {iterations} iterations")
     mult = meta.multipliers.detach().cpu()

@@ -40,17 +40,17 @@ trap 'rc=$?; echo "cuda_check: FAILED in step \"$STEP\" (exit $rc); see the outp
 
 # (a) every test must run and pass: pytest's ids, checked one by one below
 TESTS=(
-    "tests/test_fused_meta.py::test_cuda_meta_step_makes_no_host_sync[adam_fused]"
-    "tests/test_fused_meta.py::test_cuda_meta_step_makes_no_host_sync[adamw_capturable]"
-    "tests/test_fused_meta.py::test_cuda_meta_step_makes_no_host_sync[sgd_fused]"
-    "tests/test_cuda.py::test_sync_debug_mode_catches_a_host_sync"
-    "tests/test_cuda.py::test_amp_gradscaler_trainer_with_metalr_makes_no_host_sync_in_the_meta_step[adam]"
-    "tests/test_cuda.py::test_amp_gradscaler_trainer_with_metalr_makes_no_host_sync_in_the_meta_step[adam_fused]"
-    "tests/test_cuda.py::test_torch_compile_network_trains_with_metalr_under_amp"
-    "tests/test_gpu_pipeline.py::test_lits_gpu_pipeline_keeps_the_cache_on_the_device[cuda]"
-    "tests/test_gpu_pipeline.py::test_classification_gpu_pipeline_caches_the_images_on_the_device[cuda-busi_classification]"
-    "tests/test_gpu_pipeline.py::test_classification_gpu_pipeline_caches_the_images_on_the_device[cuda-pocus_classification]"
-    "tests/test_gpu_pipeline.py::test_classification_gpu_pipeline_caches_the_images_on_the_device[cuda-chestxray_classification]"
+    "tests/core/test_fused_meta.py::test_cuda_meta_step_makes_no_host_sync[adam_fused]"
+    "tests/core/test_fused_meta.py::test_cuda_meta_step_makes_no_host_sync[adamw_capturable]"
+    "tests/core/test_fused_meta.py::test_cuda_meta_step_makes_no_host_sync[sgd_fused]"
+    "tests/core/test_cuda.py::test_sync_debug_mode_catches_a_host_sync"
+    "tests/core/test_cuda.py::test_amp_gradscaler_trainer_with_metalr_makes_no_host_sync_in_the_meta_step[adam]"
+    "tests/core/test_cuda.py::test_amp_gradscaler_trainer_with_metalr_makes_no_host_sync_in_the_meta_step[adam_fused]"
+    "tests/core/test_cuda.py::test_torch_compile_network_trains_with_metalr_under_amp"
+    "tests/bundle/test_gpu_pipeline.py::test_lits_gpu_pipeline_keeps_the_cache_on_the_device[cuda]"
+    "tests/bundle/test_gpu_pipeline.py::test_classification_gpu_pipeline_caches_the_images_on_the_device[cuda-busi_classification]"
+    "tests/bundle/test_gpu_pipeline.py::test_classification_gpu_pipeline_caches_the_images_on_the_device[cuda-pocus_classification]"
+    "tests/bundle/test_gpu_pipeline.py::test_classification_gpu_pipeline_caches_the_images_on_the_device[cuda-chestxray_classification]"
 )
 # (b) the realistic sizes; the JSON of the report names them
 # memory is measured in fresh processes, MEMORY_JOBS at once (each counts only its own allocations)

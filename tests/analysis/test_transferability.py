@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import SmallNet
+from small_nets import SmallNet
 
 from monai_metalr import layer_groups
 from monai_metalr.analysis.lr_curves import write_lr_csv
@@ -177,6 +177,7 @@ def test_csv_and_png_outputs(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.csv", "t.csv", "t_False.png", "t_True.png"]
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_with_resnet18(tmp_path, capsys):
     from monai_metalr.networks import get_classifier
 

@@ -45,6 +45,7 @@ def test_bad_mrc_files_name_the_file(tmp_path):
             read_mrc(tmp_path / name)
 
 
+@pytest.mark.slow
 def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
     overrides = ["--set", "iterations_per_epoch", "2", "--set", "patch_size", "[32, 32, 16]", "--set", "cache", "none"]
     result = demo.run(["--output_dir", str(tmp_path), "--epochs", "1", *overrides])

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from monai_metalr.apps import synthetic_demo as demo
 from monai_metalr.analysis import read_lr_csv
+
+pytestmark = pytest.mark.slow  # the demo's training run
 
 
 def test_demo_runs_and_reports(tmp_path, capsys):

@@ -45,6 +45,7 @@ def spleen(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_override_uses_only_merge_keys_monai_understands(spleen):
     override = json.loads((spleen / "configs" / "metalr.json").read_text())
     assert override["+imports"] == ["$import monai_metalr"]
@@ -67,6 +68,7 @@ def test_override_uses_only_merge_keys_monai_understands(spleen):
     assert type(handlers[0]).__name__ == "MetaLRHandler" and type(handlers[1]).__name__ == "LrScheduleHandler"
 
 
+@pytest.mark.slow
 def test_meta_batches_are_training_crops_of_validation_cases(spleen):
     parser = ConfigParser(ConfigParser.load_config_files([str(spleen / f) for f in SINGLE]))
     loader = parser.get_parsed_content("metalr_meta_loader")
@@ -78,6 +80,7 @@ def test_meta_batches_are_training_crops_of_validation_cases(spleen):
     assert loader.sampler.__class__.__name__ == "RandomSampler"  # shuffled
 
 
+@pytest.mark.slow
 def test_spleen_like_bundle_trains_with_novograd_steplr_and_amp_key(spleen):
     _ok(_run(spleen, SINGLE))
     history, groups = read_lr_csv(spleen / "eval" / "metalr_lr.csv")
@@ -91,6 +94,7 @@ def test_spleen_like_bundle_trains_with_novograd_steplr_and_amp_key(spleen):
     assert (spleen / "models" / "model.pt").is_file()
 
 
+@pytest.mark.slow
 def test_spleen_like_bundle_under_torchrun(spleen, tmp_path):
     out = tmp_path / "multi"
     proc = _ok(_run(spleen, MULTI, "--bundle_root", str(out), nproc=2))
@@ -99,6 +103,7 @@ def test_spleen_like_bundle_under_torchrun(spleen, tmp_path):
     assert "State values: metalr_lr_down1" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_handler_dropped_on_one_rank_fails_fast_instead_of_hanging(spleen, tmp_path):
     """The old way (MetaLR appended to train#handlers) loses it on rank 1 under the zoo's slicing."""
     bad = dict(json.loads((spleen / "configs" / "metalr.json").read_text()))
@@ -114,6 +119,7 @@ def test_handler_dropped_on_one_rank_fails_fast_instead_of_hanging(spleen, tmp_p
     assert "waited 5 s for rank(s) [1] of 2, which built no MetaLR" in proc.stderr
 
 
+@pytest.mark.slow
 def test_endoscopic_like_bundle_flexibleunet_adam_cosine(tmp_path):
     root = write_endoscopic_like(tmp_path / "bundle", tmp_path / "data")
     written = add_to_bundle(str(root))
@@ -180,6 +186,7 @@ def test_existing_override_is_kept_unless_overwrite(tmp_path, capsys):
     assert "metalr" in json.loads((root / "configs" / "metalr.json").read_text())
 
 
+@pytest.mark.slow
 def test_cli_refusal_is_one_line_and_exit_1(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "monai_metalr", "add_to_bundle", "--bundle_root", str(tmp_path)],

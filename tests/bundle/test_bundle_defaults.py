@@ -5,13 +5,12 @@ LR schedule that MetaLR composes with."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from repo_paths import BUNDLES
 
 from monai_metalr.meta import DEFAULT_HYPER_LR, DEFAULT_MULTIPLIER_BOUNDS, MetaLR
 
-BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 NAMES = ["busi_classification", "chestxray_classification", "lits_liver_segmentation", "pocus_classification"]
 
 

@@ -1,17 +1,18 @@
 """The override shown in docs/bundle_integration.md is exactly what ``add_to_bundle`` writes for a bundle in the shape
-of the model zoo's spleen_ct_segmentation; tests/test_add_to_bundle.py trains that bundle with it through
+of the model zoo's spleen_ct_segmentation; tests/bundle/test_add_to_bundle.py trains that bundle with it through
 ``python -m monai.bundle run``, so the page cannot drift from the code."""
 
 from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
-from monai_metalr.bundle.add_to_bundle import plan_override
+from repo_paths import DOCS
 from zoo_bundles import write_spleen_like
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "bundle_integration.md"
+from monai_metalr.bundle.add_to_bundle import plan_override
+
+DOC = DOCS / "bundle_integration.md"
 
 
 def _blocks() -> tuple[dict, dict]:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from repo_paths import BUNDLES
 
 from monai_metalr.bundle import config_helpers
 
-BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 NAMES = ["busi_classification", "chestxray_classification", "lits_liver_segmentation", "pocus_classification"]
 CLASSIFICATION = [n for n in NAMES if n.endswith("_classification")]
 
@@ -42,6 +42,7 @@ def test_committed_bundle_files_are_what_the_sources_generate():
     assert not problems, "\n".join(problems) + "\nrun `python bundles/generate.py` and commit the result"
 
 
+@pytest.mark.slow
 def test_an_edit_to_a_generated_file_is_detected(copy_of_bundles: Path):
     root = copy_of_bundles
     train = root / "busi_classification" / "configs" / "train.json"
@@ -94,6 +95,7 @@ def test_the_2d_bundles_share_their_overlays_byte_for_byte():
         assert len(contents) == 1, name
 
 
+@pytest.mark.slow
 def test_the_published_configs_use_only_current_module_paths():
     """Every ``monai_metalr.<module>[.<name>]`` the configs name imports and resolves, with no deprecation warning
     (the old paths, such as ``monai_metalr.guards``, still work but warn)."""

@@ -7,12 +7,12 @@ import json
 import shutil
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import BUNDLES, REPO, bundle_cli
-from PIL import Image
+from bundle_helpers import BUNDLES, bundle_cli
+from dataset_files import CLASSES, MAKERS, make_busi, noise_mp4, noise_png
+from repo_paths import REPO
 
 from monai_metalr.analysis import read_lr_csv
 from monai_metalr.networks import get_classifier
@@ -27,86 +27,13 @@ TINY = {
     "cache": "none",
 }
 # one bundle trains with the gpu data pipeline (device cache, ThreadDataLoader) with its device on CPU, so that
-# config is run by `monai.bundle run` (and its determinism checked below) without a GPU; see test_gpu_pipeline.py
+# config is run by `monai.bundle run` (and its determinism checked below) without a GPU; see
+# tests/bundle/test_gpu_pipeline.py
 RUN = {
     "busi_classification": TINY,
     "pocus_classification": TINY,
     "chestxray_classification": {**TINY, "pipeline": "gpu", "device": "$torch.device('cpu')", "cache": "memory"},
 }
-CLASSES = {
-    "busi_classification": ["benign", "malignant", "normal"],
-    "pocus_classification": ["covid", "pneumonia", "regular"],
-    "chestxray_classification": ["NORMAL", "PNEUMONIA"],
-}
-
-
-def _png(path: Path, seed: int, size=(40, 48), mode="L") -> None:
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shape = (*size, 3) if mode == "RGB" else size
-    Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(path)
-
-
-def _mp4(path: Path, seed: int, frames: int = 12) -> None:
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for _ in range(frames):
-            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-
-
-def _gif(path: Path, seed: int, frames: int = 6) -> None:
-    rng = np.random.default_rng(seed)
-    images = [Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8), "L") for _ in range(frames)]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=200, loop=0)
-
-
-def make_busi(root: Path) -> Path:
-    base = root / "Dataset_BUSI_with_GT"
-    for c, name in enumerate(CLASSES["busi_classification"]):
-        for n in range(1, 6):
-            _png(base / name / f"{name} ({n}).png", seed=10 * c + n)
-            _png(base / name / f"{name} ({n})_mask.png", seed=99)
-        _png(base / name / f"{name} (1)_mask_1.png", seed=98)  # a multifocal case
-    return base
-
-
-def make_pocus(root: Path) -> Path:
-    data = root / "covid19_ultrasound" / "data"
-    for c, prefix in enumerate(["Cov", "Pneu", "Reg"]):
-        for k in range(4):  # 4 groups per class: test, val, meta and train get one each
-            seed = 10 * c + k
-            if k == 0:
-                _mp4(data / "pocus_videos" / "convex" / f"{prefix}-clip{k}.mp4", seed)
-            elif k == 1:
-                (data / "pocus_videos" / "linear").mkdir(parents=True, exist_ok=True)
-                _gif(data / "pocus_videos" / "linear" / f"{prefix}_loop{k}.gif", seed)
-            else:
-                _png(data / "pocus_images" / "convex" / f"{prefix}-image{k}.png", seed, mode="RGB")
-    return data
-
-
-def make_cxr(root: Path) -> Path:
-    base = root / "chest_xray"
-    for split, count in (("train", 6), ("val", 1), ("test", 2)):
-        for n in range(count):
-            for c, name in enumerate(CLASSES["chestxray_classification"]):
-                pid = {"train": n, "val": 50 + n, "test": 100 + n}[split]  # distinct patients, as published
-                stem = f"IM-{100 + pid:04d}-0001" if name == "NORMAL" else f"person{pid}_bacteria_{pid + 10}"
-                path = base / split / name / f"{stem}.jpeg"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                rng = np.random.default_rng(100 * c + n + len(split))
-                Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8), "L").save(path, "JPEG")
-    (base / "__MACOSX").mkdir()
-    return base
-
-
-MAKERS = {"busi_classification": make_busi, "pocus_classification": make_pocus,
-          "chestxray_classification": make_cxr}
 
 
 @pytest.fixture(scope="module", params=list(MAKERS))
@@ -119,6 +46,7 @@ def trained(request, tmp_path_factory):
     return bundle, data, out
 
 
+@pytest.mark.slow
 def test_train_leaves_checkpoint_split_and_lr_curves(trained):
     bundle, _, out = trained
     for name in ("model.pt", "checkpoint_final.pt", "split.json", "metalr_lr.csv", "metalr_lr.png"):
@@ -135,6 +63,7 @@ def test_train_leaves_checkpoint_split_and_lr_curves(trained):
     assert all(not sources[a] & sources[b] for k, a in enumerate(parts) for b in parts[k + 1 :]), sources
 
 
+@pytest.mark.slow
 def test_meta_loader_reads_the_meta_split_and_validation_the_val_split(trained):
     """What the run used (its split.json, parsed as `monai.bundle run` parses it): MetaLR's meta batches never
     come from the validation cases that choose the best model; the multi-GPU sampler shards the same meta set."""
@@ -159,6 +88,7 @@ def test_meta_loader_reads_the_meta_split_and_validation_the_val_split(trained):
             assert loader.sampler.dataset is loader.dataset
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_and_confusion_matrix(trained, tmp_path):
     bundle, data, out = trained
     # POCUS items carry the probe (convex / linear): a real sub-group key
@@ -186,6 +116,7 @@ def test_evaluate_writes_metrics_and_confusion_matrix(trained, tmp_path):
     assert sum(int(v) for row in rows[1:] for v in row[1:]) == len(split["test"])  # the test split, nothing else
 
 
+@pytest.mark.slow
 def test_inference_classifies_images_dicom_and_videos(trained, tmp_path):
     from pydicom.data import get_testdata_file
 
@@ -194,8 +125,8 @@ def test_inference_classifies_images_dicom_and_videos(trained, tmp_path):
     new.mkdir()
     for name in ("RG1_UNCR.dcm", "US1_UNCR.dcm", "color3d_jpeg_baseline.dcm"):
         shutil.copy(get_testdata_file(name), new / name)
-    _png(new / "scan.png", seed=5)
-    _mp4(new / "sweep.mp4", seed=6, frames=30)
+    noise_png(new / "scan.png", seed=5)
+    noise_mp4(new / "sweep.mp4", seed=6, frames=30)
     bundle_cli(bundle, "run", ["train.json", "inference.json"], tmp_path, dataset_dir=new, output_dir=out,
                max_frames=4, **TINY)
     with open(out / "predictions.csv", newline="") as f:
@@ -222,6 +153,7 @@ def test_metadata_and_network_shapes(bundle, tmp_path):
                       device="cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bundle", list(MAKERS))
 def test_multi_gpu_config_under_torchrun(bundle, tmp_path):
     data = MAKERS[bundle](tmp_path / "data")
@@ -233,6 +165,7 @@ def test_multi_gpu_config_under_torchrun(bundle, tmp_path):
     assert (out / "model.pt").is_file()
 
 
+@pytest.mark.slow
 def test_same_seed_gives_bit_identical_lrs_and_weights(trained, tmp_path):
     """On CPU, a second run with the same seed repeats the first bit for bit (data order, augmentation,
     MetaLR's meta batches, LRs and weights), with either data pipeline."""
@@ -309,12 +242,18 @@ def test_one_config_key_selects_the_strategy(strategy, tmp_path):
         assert lrs == [1e-3] * (len(names) - 1) + [1e-2]
 
 
-def test_prodigy_strategy_trains_in_the_bundle(tmp_path):
+def _busi_trained_with(strategy: str, tmp_path: Path) -> tuple[Path, dict]:
+    """The BUSI bundle trained at the tiny size with ``strategy``: its output folder and its final checkpoint."""
     data = make_busi(tmp_path / "data")
     out = tmp_path / "out"
     bundle_cli("busi_classification", "run", ["train.json"], tmp_path, dataset_dir=data, output_dir=out,
-               strategy="prodigy", **TINY)
-    final = torch.load(out / "checkpoint_final.pt", weights_only=True)
+               strategy=strategy, **TINY)
+    return out, torch.load(out / "checkpoint_final.pt", weights_only=True)
+
+
+@pytest.mark.slow
+def test_prodigy_strategy_trains_in_the_bundle(tmp_path):
+    out, final = _busi_trained_with("prodigy", tmp_path)
     initial = get_classifier("efficientnet_lite0", 3).state_dict()
     assert not torch.equal(initial["_fc.weight"], final["model"]["_fc.weight"])
     assert {g["lr"] for g in final["optimizer"]["param_groups"]} == {1.0}
@@ -322,12 +261,10 @@ def test_prodigy_strategy_trains_in_the_bundle(tmp_path):
     assert not (out / "metalr_lr.csv").exists()
 
 
+@pytest.mark.slow
 def test_last_layer_strategy_trains_only_the_head_in_the_bundle(tmp_path):
-    data = make_busi(tmp_path / "data")
-    out = tmp_path / "out"
-    bundle_cli("busi_classification", "run", ["train.json"], tmp_path, dataset_dir=data, output_dir=out,
-               strategy="last_layer", **TINY)
-    final = torch.load(out / "checkpoint_final.pt", weights_only=True)["model"]
+    out, checkpoint = _busi_trained_with("last_layer", tmp_path)
+    final = checkpoint["model"]
     initial = get_classifier("efficientnet_lite0", 3).state_dict()
     frozen = [k for k in initial if not k.startswith("_fc.")]
     assert all(torch.equal(initial[k], final[k]) for k in frozen)  # BatchNorm statistics included

@@ -4,9 +4,9 @@ fast-training recipe: the deterministic transforms cached once on the device, ra
 
 On CPU the gpu-shaped pipeline runs with the bundle's device set to CPU, so its config cannot rot; the same test
 with ``[cuda]`` runs it on the GPU (``benchmarks/cuda_check.sh``). Through ``python -m monai.bundle run`` it trains
-in the LiTS bundle's main run (``tests/test_lits_bundle.py``, fixture ``lits_run``, checked there with its evaluate,
-inference and export) and in the chest X-ray bundle's run (``tests/test_classification_bundles.py``, fixture
-``trained``, and its bit-identical repeat).
+in the LiTS bundle's main run (``tests/bundle/test_lits_bundle.py``, fixture ``lits_run``, checked there with its
+evaluate, inference and export) and in the chest X-ray bundle's run (``tests/bundle/test_classification_bundles.py``,
+fixture ``trained``, and its bit-identical repeat).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_helpers import BUNDLES, write_case
+from bundle_helpers import BUNDLES, GPU_PIPELINE_ON_CPU
+from dataset_files import MAKERS, write_case
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, ThreadDataLoader
 from monai.transforms import EnsureTyped, Randomizable
-from test_lits_bundle import GPU_PIPELINE_ON_CPU
 
 from monai_metalr.data import make_loader
 
@@ -151,8 +151,6 @@ def test_lits_gpu_pipeline_keeps_the_cache_on_the_device(lits_cases, tmp_path, d
 @pytest.mark.parametrize("bundle", ["busi_classification", "pocus_classification", "chestxray_classification"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_classification_gpu_pipeline_caches_the_images_on_the_device(device, bundle, tmp_path):
-    from test_classification_bundles import MAKERS
-
     dev = torch.device(device if device == "cpu" else "cuda:0")
     parser = _parser(
         bundle,

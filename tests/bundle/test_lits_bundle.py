@@ -11,8 +11,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import BUNDLES, REPO, bundle_cli, write_case
-from test_networks import random_genesis_checkpoint
+from bundle_helpers import BUNDLES, GPU_PIPELINE_ON_CPU, bundle_cli
+from dataset_files import random_genesis_checkpoint, write_case
+from repo_paths import REPO
 
 from monai_metalr.analysis import read_lr_csv
 
@@ -30,10 +31,6 @@ TINY = {
     "sw_batch_size": 2,
     "cache": "none",
 }
-# the gpu data pipeline (device-resident cache, random crops and augmentation after it, ThreadDataLoader) with the
-# bundle's device on CPU: the training run below uses it, so `monai.bundle run` keeps that config working without a
-# GPU (the cpu pipeline, the default here, trains in the other runs and in the demo); see test_gpu_pipeline.py
-GPU_PIPELINE_ON_CPU = {"pipeline": "gpu", "device": "$torch.device('cpu')", "cache": "memory"}
 SCHEMA = REPO.parent / "shared" / "monai-schema" / "meta_schema_20240725.json"
 
 
@@ -65,6 +62,7 @@ def lits_run(lits_dir, tmp_path_factory) -> tuple[Path, Path]:
     return lits_dir, out
 
 
+@pytest.mark.slow
 def test_train_writes_checkpoints_split_and_lr_curves(lits_run):
     _, out = lits_run
     for name in ("model.pt", "checkpoint_final.pt", "split.json", "metalr_lr.csv", "metalr_lr.png"):
@@ -85,6 +83,7 @@ def test_train_writes_checkpoints_split_and_lr_curves(lits_run):
     assert list(final["metalr"]["multipliers"].shape) == [8]
 
 
+@pytest.mark.slow
 def test_evaluate_on_the_test_split_only(lits_run):
     lits_dir, out = lits_run
     bundle_cli(BUNDLE, "run", ["train.json", "evaluate.json"], lits_dir, dataset_dir=lits_dir, output_dir=out, **TINY)
@@ -98,6 +97,7 @@ def test_evaluate_on_the_test_split_only(lits_run):
     assert (out / "prediction_slice.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_inference_writes_masks_with_the_input_geometry(lits_run, tmp_path):
     lits_dir, out = lits_run
     bundle_cli(BUNDLE, "run", ["train.json", "inference.json"], tmp_path, dataset_dir=lits_dir, output_dir=out, **TINY)
@@ -113,6 +113,7 @@ def test_inference_writes_masks_with_the_input_geometry(lits_run, tmp_path):
         assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_exported_torchscript_matches_the_checkpoint(lits_run, tmp_path):
     _, out = lits_run
     ts = tmp_path / "model.ts"
@@ -129,12 +130,14 @@ def test_exported_torchscript_matches_the_checkpoint(lits_run, tmp_path):
     torch.testing.assert_close(scripted.eval()(x), eager.eval()(x))
 
 
+@pytest.mark.slow
 def test_verify_net_in_out(tmp_path):
     proc = bundle_cli(BUNDLE, "verify_net_in_out", ["train.json"], tmp_path, "network_def",
                       network_kwargs="{'base_channels': 4}", n=2)
     assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SCHEMA.is_file(), reason="official MONAI metadata schema not available offline")
 def test_metadata_against_the_official_schema(tmp_path):
     schema = tmp_path / "schema.json"
@@ -160,6 +163,7 @@ def msd_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_msd_layout_plain_finetuning_liver_only(msd_dir, tmp_path):
     out = tmp_path / "out"
     common = {"dataset_dir": msd_dir, "output_dir": out, "label_mode": "liver", **TINY}
@@ -194,6 +198,7 @@ def test_a_models_genesis_checkpoint_initialises_the_bundle_network(tmp_path):
             torch.testing.assert_close(state[key], value)
 
 
+@pytest.mark.slow
 def test_resuming_with_another_experiment_is_refused_naming_the_settings(lits_run, tmp_path):
     """--lr / --use_metalr changed on a finished run's folder: the bundle stops before restoring anything, naming
     both settings (it used to continue the checkpoint's LRs, so a plain run silently became MetaLR fine-tuning)."""
@@ -212,6 +217,7 @@ def test_resuming_with_another_experiment_is_refused_naming_the_settings(lits_ru
     assert (copy / "checkpoint_latest.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_empty_dataset_dir_is_a_clear_error(tmp_path):
     empty = tmp_path / "nothing_here"
     empty.mkdir()
@@ -220,6 +226,7 @@ def test_empty_dataset_dir_is_a_clear_error(tmp_path):
     assert proc.returncode != 0 and "nothing_here" in proc.stderr
 
 
+@pytest.mark.slow
 def test_label_value_outside_the_task_names_the_file(tmp_path):
     data = tmp_path / "data"
     for i in range(4):  # train, val, meta, test
@@ -251,6 +258,7 @@ def test_a_dataset_without_foreground_is_an_error_not_a_dice_0_best_model(tmp_pa
     assert not (out / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_multi_gpu_config_runs_under_torchrun_with_gloo(tmp_path):
     """Two CPU processes (gloo): DDP training, sharded train/meta/val loaders, files from rank 0 only."""
     data = tmp_path / "data"
@@ -296,6 +304,7 @@ def _case_ids(dataset) -> list[str]:
     return [item["case_id"] for item in dataset.data]
 
 
+@pytest.mark.slow
 def test_meta_batches_come_from_the_meta_split_never_from_validation(lits_run):
     """The run's split.json: MetaLR's meta loader reads the meta cases, the best model is chosen on the val cases,
     and the two are disjoint; the meta crops are their own transform instances (not the training crop's RNG)."""

@@ -15,7 +15,7 @@ import math
 
 import pytest
 import torch
-from conftest import SmallNet
+from small_nets import SmallNet
 from torch import nn
 
 from monai_metalr import MetaLRHandler, param_groups

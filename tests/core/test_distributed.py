@@ -5,12 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import pytest
 import torch
 from ddp_metalr_run import LOCAL_BATCH, META_SEED, META_SIZE, STEPS, WORLD, make_data, make_model, train
+from repo_paths import HELPERS
 
-HERE = Path(__file__).resolve().parent
+pytestmark = pytest.mark.slow  # torchrun with two gloo processes
 
 
 def global_meta_batches(meta_set) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -39,14 +40,14 @@ def test_ddp_ranks_agree_and_match_one_process(tmp_path):
             "torch.distributed.run",
             "--standalone",
             f"--nproc_per_node={WORLD}",
-            str(HERE / "ddp_metalr_run.py"),
+            str(HELPERS / "ddp_metalr_run.py"),
             "--out",
             str(tmp_path),
         ],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=HERE,
+        cwd=HELPERS,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
@@ -65,12 +66,12 @@ def test_ddp_ranks_agree_and_match_one_process(tmp_path):
 
 def test_ranks_with_other_layer_groups_fail_when_metalr_is_built(tmp_path):
     """(A rank that builds no MetaLR at all, ``--mode missing``, is tested through a zoo-shaped bundle whose
-    multi-GPU config drops the handler on rank 1: test_add_to_bundle.py.)"""
+    multi-GPU config drops the handler on rank 1: tests/bundle/test_add_to_bundle.py.)"""
     start = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(HERE / "ddp_check_run.py"), "--mode", "groups", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, cwd=HERE,
+         str(HELPERS / "ddp_check_run.py"), "--mode", "groups", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=HELPERS,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert time.monotonic() - start < 60

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SmallNet, make_batches
+from small_nets import SmallNet, make_batches
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 

@@ -68,6 +68,7 @@ def test_resnet_groups_follow_the_forward_order():
     assert "layer2.0.downsample.0.weight" in groups["layer2.0"]
 
 
+@pytest.mark.slow
 def test_frozen_parameters_are_left_out_and_wrappers_seen_through():
     net = nets.resnet10(spatial_dims=2, n_input_channels=1, num_classes=2)
     for p in net.conv1.parameters():

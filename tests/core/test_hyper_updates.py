@@ -10,8 +10,8 @@ import math
 
 import pytest
 import torch
-from conftest import SmallNet, make_batches, reference_direction
 from monai.engines import SupervisedTrainer
+from small_nets import SmallNet, adam_with_scaler, make_batches, reference_direction
 from torch import nn
 
 from monai_metalr import MetaLR, MetaLRHandler, param_groups
@@ -298,10 +298,7 @@ def test_grad_scaler_leaves_the_rule_unchanged(rule):
     """With a GradScaler h and the meta gradients are unscaled before the rule sees them (cosine's |v| too)."""
     multipliers = []
     for use_scaler in (False, True):
-        torch.manual_seed(0)
-        net = SmallNet().double()
-        opt = torch.optim.Adam(param_groups(net, 1e-3))
-        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12) if use_scaler else None
+        net, opt, scaler = adam_with_scaler(use_scaler, init_scale=2.0**12)
         meta = MetaLR(net, opt, make_batches(2, seed=2), LOSS, hyper_lr=0.1, update=rule, scaler=scaler)
         for x, y in make_batches(3, seed=1):
             opt.zero_grad()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SmallNet, make_batches, reference_direction
 from monai.optimizers import Novograd
+from small_nets import SmallNet, make_batches, reference_direction
 from torch import nn
 
 from monai_metalr import MetaLR, param_groups

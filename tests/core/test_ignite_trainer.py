@@ -11,6 +11,7 @@ import torch
 from ignite.engine import Engine, create_supervised_trainer
 from monai.engines.utils import IterationEvents
 from monai.networks.nets import BasicUNet
+from small_nets import metalr_step
 from torch import nn
 
 from monai_metalr import MetaLR, MetaLRHandler, create_metalr_trainer, metalr_training_step, param_groups
@@ -50,6 +51,7 @@ def _run(metalr: dict | None, accumulation: int = 1, epochs: int = 2):
     return net, opt, trainer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_hyper_lr_zero_is_create_supervised_trainer_bit_for_bit(accumulation):
     plain_net, plain_opt, _ = _run(None, accumulation)
@@ -64,6 +66,7 @@ def test_hyper_lr_zero_is_create_supervised_trainer_bit_for_bit(accumulation):
         assert all(torch.equal(state[k], opt.state_dict()["state"][i][k]) for k in ("exp_avg", "exp_avg_sq", "step"))
 
 
+@pytest.mark.slow
 def test_metalr_steps_between_backward_and_optimizer_step(tmp_path):
     kwargs = {"hyper_lr": 0.05, "seed": 0}
     net, _, trainer = _run({**kwargs, "output_dir": tmp_path})
@@ -83,11 +86,8 @@ def test_metalr_steps_between_backward_and_optimizer_step(tmp_path):
     for epoch in range(2):
         meta.set_epoch(epoch)
         for x, y in _batches(5, seed=1):
-            ref_opt.zero_grad()
             ref.train()
-            LOSS(ref(x), y).backward()
-            meta.step()
-            ref_opt.step()
+            metalr_step(ref, ref_opt, meta, x, y, LOSS)
     torch.testing.assert_close(history["hypergrad"], meta.history["hypergrad"], rtol=1e-9, atol=0)
     torch.testing.assert_close(history["multiplier"], meta.history["multiplier"], rtol=1e-12, atol=0)
     for p, q in zip(net.parameters(), ref.parameters()):

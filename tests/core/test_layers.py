@@ -10,10 +10,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+from repo_paths import PACKAGE
 
 from monai_metalr import _moved
-
-PACKAGE = Path(__file__).resolve().parents[1] / "monai_metalr"
 
 # floor of each top-level module or sub-package; a module may import only from its own floor or below
 FLOORS = {
@@ -122,6 +121,7 @@ def test_a_bundle_config_with_an_old_target_still_builds():
         assert isinstance(parser.get_parsed_content("check"), TrainingLengthCheck)
 
 
+@pytest.mark.slow
 def test_python_m_with_an_old_module_path_runs_the_new_module():
     result = subprocess.run(
         [sys.executable, "-W", "always::DeprecationWarning", "-m", "monai_metalr.synthetic_demo", "--help"],

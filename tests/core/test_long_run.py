@@ -5,10 +5,13 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
 from monai_metalr import MetaLR, param_groups
+
+pytestmark = pytest.mark.slow  # 2000 meta steps
 
 
 def live_tensors() -> int:

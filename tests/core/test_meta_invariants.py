@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import SmallNet, make_batches
+from small_nets import SmallNet, adam_with_scaler, make_batches, metalr_step
 from torch import nn
 
 from monai_metalr import MetaLR, param_groups
@@ -72,10 +72,7 @@ def test_training_batch_forwarded_once_and_real_step_uses_its_gradient(net64):
     meta_lr = MetaLR(net64, opt, make_batches(2, seed=5), LOSS, hyper_lr=1e-3)
     for x, y in make_batches(3, seed=6):
         inputs.clear()
-        opt.zero_grad()
-        LOSS(net64(x), y).backward()
-        meta_lr.step()
-        opt.step()
+        metalr_step(net64, opt, meta_lr, x, y, LOSS)
         assert sum(t is x for t in inputs) == 1 and len(inputs) == 2  # train batch once, meta batch once
         twin_opt.zero_grad()
         LOSS(twin(x), y).backward()
@@ -188,10 +185,7 @@ def test_grad_scaler_unscales_and_skips_inf_steps(net64):
     x, y = make_batches(1, seed=1)[0]
     results = []
     for use_scaler in (False, True):
-        torch.manual_seed(0)
-        net = SmallNet().double()
-        opt = torch.optim.Adam(param_groups(net, 1e-3))
-        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if use_scaler else None
+        net, opt, scaler = adam_with_scaler(use_scaler, init_scale=2.0**10)
         meta_lr = MetaLR(net, opt, make_batches(1, seed=2), LOSS, scaler=scaler)
         loss = LOSS(net(x), y)
         (scaler.scale(loss) if scaler else loss).backward()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from monai.engines import SupervisedTrainer
 from torch import nn
@@ -14,6 +15,8 @@ from torch.utils.data import DataLoader
 from monai_metalr.networks.efficientnet_lite import EfficientNetLite0
 from monai_metalr.handlers import MetaLRHandler, StrategyHandler
 from monai_metalr.strategies import make_strategy
+
+pytestmark = pytest.mark.slow  # two EfficientNet-Lite0 training runs
 
 
 def _data(n: int, seed: int) -> list[dict[str, torch.Tensor]]:

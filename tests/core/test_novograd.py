@@ -8,8 +8,8 @@ import warnings
 
 import pytest
 import torch
-from conftest import SmallNet, make_batches
 from monai.optimizers import Novograd
+from small_nets import SmallNet, make_batches
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 

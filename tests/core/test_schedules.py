@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SmallNet, make_batches
 from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.handlers import LrScheduleHandler
+from small_nets import SmallNet, make_batches
 from torch import nn
 
 from monai_metalr import MetaLR, MetaLRHandler, param_groups

@@ -447,6 +447,7 @@ def _resnet_run(strategy_name: str, epochs: int = 2, **kw):
     return before, _snapshot(net), mean, trainer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "cls"), [("prodigy", "prodigyopt.Prodigy"), ("dadaptation", "dadaptation.DAdaptAdam")]
 )
@@ -470,6 +471,7 @@ def test_lr_free_peers_use_their_package_at_lr_one_and_train(name, cls):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_schedulefree_uses_the_bundle_lrs_and_switches_train_eval_at_the_right_events():
     from schedulefree import AdamWScheduleFree
 
@@ -604,6 +606,7 @@ def test_hypergradient_adam_update_matches_the_hand_computation_and_the_floor():
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
 
 
+@pytest.mark.slow
 def test_hypergradient_strategy_learns_per_group_lrs_in_a_supervised_trainer(caplog):
     with pytest.raises(ValueError, match="strategy 'hypergradient'.*beta"):
         make_strategy("hypergradient", TinyNet(), lr=1e-3, beta=0)

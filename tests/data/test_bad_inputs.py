@@ -14,31 +14,65 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
-import gc
 import json
 import logging
-import os
 import re
-import resource
-import signal
-import struct
 import sys
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-import av
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bad_files import (
+    assert_names,
+    bit_flip_nii_gz,
+    cut,
+    cut_data_nii,
+    cut_data_nii_gz,
+    cut_header_nii,
+    cut_header_nii_gz,
+    cut_in_element,
+    flip_bit,
+    jpeg_cut,
+    label_case,
+    nii_nan_affine,
+    nii_pixdim0,
+    one_nan,
+    png_cut,
+    put,
+    skip_warnings,
+    stack,
+    symlink_loop,
+    text_nii_gz,
+    volume_case,
+    without_end,
+    zero_nii,
+    zero_nii_gz,
+    zlib_damaged_png,
+)
+from dataset_files import (
+    SHAPE,
+    SIZE,
+    dcm,
+    gif,
+    img,
+    make_busi,
+    mp4,
+    palette,
+    segmentation,
+    synthetic_ct,
+    tiny_busi,
+    tiny_cxr,
+    tiny_pocus,
+    write_case,
+    write_nii,
+)
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from PIL import Image
 
-pydicom = pytest.importorskip("pydicom", minversion="3.0")
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid  # noqa: E402
+pytest.importorskip("pydicom", minversion="3.0")
 
 from monai_metalr.data import (  # noqa: E402
     CheckSegmentationd,
@@ -62,217 +96,8 @@ from monai_metalr.data import (  # noqa: E402
 )
 from monai_metalr.data.paths import check_image_file  # noqa: E402
 
-SHAPE = (8, 8, 6)
-AFFINE = np.diag([0.8, 0.8, 2.5, 1.0])
-SIZE = 16
-CODEC = "mpeg4" if "mpeg4" in av.codecs_available else "libx264"
-
 # ---------------------------------------------------------------------------------------------------------------------
-# generators of real files
-
-
-def nii(path: Path, data: np.ndarray | None = None, affine: np.ndarray = AFFINE) -> Path:
-    """A real NIfTI file (``.nii`` / ``.nii.gz`` from the name); random float32 voxels by default."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if data is None:
-        data = np.random.default_rng(len(path.name)).normal(size=SHAPE).astype(np.float32)
-    nib.save(nib.Nifti1Image(data, affine), str(path))
-    return path
-
-
-def seg(shape: tuple[int, ...] = SHAPE, extra: float | None = None, dtype: type = np.uint8) -> np.ndarray:
-    """A LiTS segmentation (liver 1, tumour 2); ``extra`` is written to one voxel."""
-    out = np.zeros(shape, dtype)
-    out[2:6, 2:6, 1:4] = 1
-    out[3:5, 3:5, 2] = 2
-    if extra is not None:
-        out[0, 0, 0] = extra
-    return out
-
-
-def nii_nan_affine(path: Path, data: np.ndarray) -> Path:
-    """A NIfTI file whose sform holds a NaN (nibabel refuses to build one from such an affine)."""
-    header = nib.Nifti1Image(data, AFFINE).header
-    sform = header.get_sform()
-    sform[0, 3] = np.nan
-    header.set_sform(sform, code=1)
-    header.set_qform(None, code=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, None, header=header), str(path))
-    return path
-
-
-def cut(path: Path, keep: float | int) -> Path:
-    """Truncate ``path`` to a fraction (float) or a number of bytes (int)."""
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)] if isinstance(keep, float) else data[:keep])
-    return path
-
-
-def put(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
-def img(path: Path, array: np.ndarray | None = None, fmt: str | None = None, mode: str | None = None, **kw) -> Path:
-    """A real image (format from the name unless ``fmt``): random 16x16 grey by default."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if array is None:
-        array = np.random.default_rng(len(path.name)).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
-    im = Image.fromarray(array, mode) if mode else Image.fromarray(array)
-    im.save(path, format=fmt, **kw)
-    return path
-
-
-def palette(path: Path, rgb: np.ndarray) -> Path:
-    """A palette (mode "P") PNG of an RGB array."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).convert("P").save(path)
-    return path
-
-
-def stack(path: Path, n: int = 3) -> Path:
-    """A multi-frame file (multi-page TIFF, animated PNG): a 3D stack where one 2D image is expected."""
-    frames = [Image.fromarray(np.full((SIZE, SIZE), 40 * k, np.uint8)) for k in range(n)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, save_all=True, append_images=frames[1:])
-    return path
-
-
-def dcm(path: Path, array: np.ndarray | None = None, rows: int | None = None) -> Path:
-    """A real, minimal Secondary Capture DICOM file: uint16 MONOCHROME2, or float32 (Float Pixel Data)."""
-    array = np.arange(SIZE * SIZE, dtype=np.uint16).reshape(SIZE, SIZE) if array is None else array
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "OT", 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = array.shape
-    if array.dtype.kind == "f":
-        ds.BitsAllocated = 32
-        ds.FloatPixelData = array.astype(np.float32).tobytes()
-    else:
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = array.astype(np.uint16).tobytes()
-    if rows is not None:
-        ds.Rows = rows
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def cut_in_element(path: Path, tag: int, past_end: int = -2) -> Path:
-    """Cut ``path`` inside the value of element ``tag`` (``past_end`` < 0) or that many bytes after its end."""
-    raw = pydicom.dcmread(path).get_item(tag)
-    return cut(path, raw.value_tell + raw.length + past_end)
-
-
-def mp4(path: Path, n: int = 10, faststart: bool = False) -> Path:
-    """A real MP4 of ``n`` 16x16 frames at 10 fps; ``faststart`` puts the header (moov) before the data."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream(CODEC, rate=10)
-        stream.width, stream.height, stream.pix_fmt = SIZE, SIZE, "yuv420p"
-        for k in range(n):
-            frame = av.VideoFrame.from_ndarray(np.full((SIZE, SIZE, 3), 20 * k, np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def gif(path: Path, n: int = 6) -> Path:
-    """A real animated GIF (also under another name) of ``n`` frames, 100 ms each."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames = [Image.new("RGB", (SIZE, SIZE), (30 * k, 0, 0)) for k in range(n)]
-    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    return path
-
-
-def without_end(path: Path) -> Path:
-    """A complete image file minus its last 12 bytes (a PNG's IEND chunk)."""
-    return cut(img(path), len(img(path).read_bytes()) - 12)
-
-
-def one_nan(shape: tuple[int, ...] = SHAPE) -> np.ndarray:
-    data = np.ones(shape, np.float32)
-    data[1, 2, 3] = np.nan
-    return data
-
-
-def symlink_loop(path: Path) -> Path:
-    """A symbolic link to itself (as a bad copy of a linked dataset leaves): ``stat`` fails with ELOOP."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink() or path.exists():
-        path.unlink()
-    path.symlink_to(path.name)
-    return path
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def zlib_damaged_png(path: Path) -> Path:
-    """A 16 x 16 grey PNG whose chunks all have valid CRCs but whose zlib stream is corrupt (as an encoder bug or a
-    copy that recomputed the CRCs leaves it): the header checks and PIL's ``verify()`` pass it; decoding fails."""
-    rows = b"".join(b"\0" + bytes(range(SIZE)) for _ in range(SIZE))
-    stream = bytearray(zlib.compress(rows))
-    stream[5:9] = b"\xff\xff\xff\xff"  # inside the deflate data, after the 2-byte zlib header
-    header = struct.pack(">IIBBBBB", SIZE, SIZE, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", bytes(stream))
-                     + _png_chunk(b"IEND", b""))
-    return path
-
-
-def nii_pixdim0(path: Path, data: np.ndarray) -> Path:
-    """A ``.nii`` file with ``pixdim`` 0 and neither sform nor qform: the voxel spacing is unknown. nibabel refuses
-    to write such a header, so the three pixdim floats (bytes 80-91) are zeroed in the file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, None), str(path))  # no affine: sform_code = qform_code = 0
-    raw = bytearray(path.read_bytes())
-    raw[80:92] = struct.pack("<3f", 0.0, 0.0, 0.0)
-    path.write_bytes(bytes(raw))
-    return path
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# assertions
-
-# exceptions of the libraries that must never escape a reader unwrapped (several subclass ValueError or OSError)
-THIRD_PARTY = ("PIL", "nibabel", "pydicom", "av", "zlib", "struct", "gzip", "numpy")
-
-
-def error_of(fn: Callable[[], object]) -> BaseException:
-    """The error ``fn`` raises; for a MONAI ``Compose`` or a bundle config, the transform's or the expression's own
-    error (the cause of their ``RuntimeError``)."""
-    with pytest.raises(Exception) as info:
-        fn()
-    err = info.value
-    wrappers = ("applying transform", "Failed to evaluate", "Failed to instantiate")
-    while type(err) is RuntimeError and str(err).startswith(wrappers) and err.__cause__ is not None:
-        err = err.__cause__
-    return err
-
-
-def assert_names(
-    fn: Callable[[], object], path: Path | str, pattern: str, exc: type[BaseException] = ValueError
-) -> BaseException:
-    """``fn`` raises exactly ``exc`` (not a third-party subclass) naming ``path`` and matching ``pattern``."""
-    err = error_of(fn)
-    assert type(err) is exc, f"expected {exc.__name__}, got {type(err).__module__}.{type(err).__name__}: {err}"
-    assert type(err).__module__ == "builtins" and not any(type(err).__module__.startswith(m) for m in THIRD_PARTY)
-    message = str(err)
-    assert Path(path).name in message, f"{Path(path).name!r} not in {message!r}"
-    assert re.search(pattern, message, re.IGNORECASE | re.DOTALL), f"{pattern!r} not in {message!r}"
-    return err
+# loading pipelines
 
 
 def load2d(path: Path, frame: int = -1) -> object:
@@ -285,146 +110,88 @@ def load3d(image: Path, label: Path | None = None) -> object:
     return Compose([LoadVolumed(keys, image_only=True), EnsureChannelFirstd(keys), CheckSegmentationd(keys)])(data)
 
 
-def skip_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """The warnings of ``on_error="skip"``: one per skipped file or case, and the summary."""
-    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    return [m for m in messages if "on_error='skip'" in m]
+def readers_reject(table: dict[str, tuple]) -> pytest.MarkDecorator:
+    """Parametrize over ``(kind, reader)``: each kind of bad file in ``table`` with every reader that must reject it
+    (the last item of the table's entry)."""
+    cases = [(kind, reader) for kind, (*_, readers) in table.items() for reader in sorted(readers)]
+    return pytest.mark.parametrize("kind, reader", cases, ids=[f"{k}-{r}" for k, r in cases])
+
+
+def assert_rejected(read: Callable[[Path], object], path: Path, kind: str, pattern: str) -> None:
+    """``read(path)`` raises naming the file: ``FileNotFoundError`` for the missing file, else ``ValueError``."""
+    assert_names(lambda: read(path), path, pattern, FileNotFoundError if kind == "missing" else ValueError)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # 3D NIfTI (LiTS): datalist, inference list, loading pipeline
 
 # name -> (write the bad case 0 into a LiTS folder: returns (bad file, image, label); message pattern)
-NIFTI_BAD: dict[str, tuple[Callable[[Path], tuple[Path, Path, Path]], str]] = {}
-
-
-def _volume_case(make_volume: Callable[[Path], Path]) -> Callable[[Path], tuple[Path, Path, Path]]:
-    """Case 0 with a bad volume (``.nii.gz`` when the writer's name ends in ``gz``) and a good segmentation."""
-
-    def write(root: Path) -> tuple[Path, Path, Path]:
-        ext = ".nii.gz" if make_volume.__name__.endswith("gz") else ".nii"
-        label = nii(root / f"segmentation-0{ext}", seg())
-        volume = make_volume(root / f"volume-0{ext}")
-        return volume, volume, label
-
-    return write
-
-
-def _label_case(make_label: Callable[[Path], Path]) -> Callable[[Path], tuple[Path, Path, Path]]:
-    """Case 0 with a good volume and a bad segmentation."""
-
-    def write(root: Path) -> tuple[Path, Path, Path]:
-        volume = nii(root / "volume-0.nii")
-        label = make_label(root / "segmentation-0.nii")
-        return label, volume, label
-
-    return write
-
-
-def _zero_nii(p: Path) -> Path:
-    return put(p, b"")
-
-
-def _zero_nii_gz(p: Path) -> Path:
-    return put(p, b"")
-
-
-def _cut_data_nii(p: Path) -> Path:
-    return cut(nii(p), 0.6)
-
-
-def _cut_header_nii(p: Path) -> Path:
-    return cut(nii(p), 100)
-
-
-def _cut_data_nii_gz(p: Path) -> Path:
-    return cut(nii(p, np.random.default_rng(0).normal(size=(32, 32, 16)).astype(np.float32)), 0.5)
-
-
-def _cut_header_nii_gz(p: Path) -> Path:
-    return cut(nii(p), 30)
-
-
-def _text_nii_gz(p: Path) -> Path:
-    return put(p, b"<html>404 Not Found</html>\n" * 20)
-
-
-def flip_bit(path: Path, position: int, bit: int = 0) -> Path:
-    """Flip one bit of ``path`` in place (a bad disk sector, a flaky copy)."""
-    data = bytearray(path.read_bytes())
-    data[position] ^= 1 << bit
-    path.write_bytes(bytes(data))
-    return path
-
-
-def _bit_flip_nii_gz(p: Path) -> Path:
-    """One flipped bit in the middle of the compressed voxels: header and gzip size trailer intact."""
-    nii(p)
-    return flip_bit(p, p.stat().st_size // 2)
-
-
-NIFTI_BAD.update(
-    {
-        "zero-byte-nii": (_volume_case(_zero_nii), r"empty file"),
-        "zero-byte-nii-gz": (_volume_case(_zero_nii_gz), r"empty file"),
-        "truncated-data-nii": (_volume_case(_cut_data_nii), r"truncated|expected \d+ bytes"),
-        "truncated-header-nii": (_volume_case(_cut_header_nii), r"NIfTI"),
-        "truncated-data-nii-gz": (_volume_case(_cut_data_nii_gz), r"truncated|compressed file ended"),
-        "truncated-header-nii-gz": (_volume_case(_cut_header_nii_gz), r"NIfTI|truncated|gzip"),
-        "html-as-nii-gz": (_volume_case(_text_nii_gz), r"NIfTI"),
-        "2d-volume": (_volume_case(lambda p: nii(p, np.zeros((8, 8), np.float32))), r"2D|spatial dimension"),
-        "4d-two-volumes": (
-            _volume_case(lambda p: nii(p, np.zeros((*SHAPE, 2), np.float32))),
-            r"2 volumes|expected one 3D volume",
-        ),
-        "single-slice": (_volume_case(lambda p: nii(p, np.zeros((8, 8, 1), np.float32))), r"single slice"),
-        "no-voxels": (_volume_case(lambda p: nii(p, np.zeros((8, 8, 0), np.float32))), r"empty image"),
-        "complex-voxels": (
-            _volume_case(lambda p: nii(p, np.zeros(SHAPE, np.complex64))),
-            r"voxel type complex64 is not supported",
-        ),
-        "nan-affine": (
-            _volume_case(lambda p: nii_nan_affine(p, np.zeros(SHAPE, np.float32))),
-            r"invalid affine.*non-finite|non-finite",
-        ),
-        "label-shape-mismatch": (_label_case(lambda p: nii(p, seg((8, 8, 5)))), r"shape.*does not match"),
-        "label-affine-mismatch": (
-            _label_case(lambda p: nii(p, seg(), np.diag([0.8, 0.8, 5.0, 1.0]))),
-            r"affine does not match",
-        ),
-        "label-2d": (_label_case(lambda p: nii(p, seg()[..., 0])), r"2D|shape"),
-        # nibabel reads pixdim 0 as 1 mm (a log line nobody sees): the geometry would be silently wrong
-        "pixdim-0-no-sform": (
-            _volume_case(lambda p: nii_pixdim0(p, np.zeros(SHAPE, np.float32))),
-            r"voxel spacing unknown.*pixdim is \[0\.0, 0\.0, 0\.0\].*no sform.*assume 1 mm",
-        ),
-        "symlink-loop-nii": (_volume_case(symlink_loop), r"cannot be read.*ELOOP"),
-    }
-)
+NIFTI_BAD: dict[str, tuple[Callable[[Path], tuple[Path, Path, Path]], str]] = {
+    "zero-byte-nii": (volume_case(zero_nii), r"empty file"),
+    "zero-byte-nii-gz": (volume_case(zero_nii_gz), r"empty file"),
+    "truncated-data-nii": (volume_case(cut_data_nii), r"truncated|expected \d+ bytes"),
+    "truncated-header-nii": (volume_case(cut_header_nii), r"NIfTI"),
+    "truncated-data-nii-gz": (volume_case(cut_data_nii_gz), r"truncated|compressed file ended"),
+    "truncated-header-nii-gz": (volume_case(cut_header_nii_gz), r"NIfTI|truncated|gzip"),
+    "html-as-nii-gz": (volume_case(text_nii_gz), r"NIfTI"),
+    "2d-volume": (volume_case(lambda p: write_nii(p, np.zeros((8, 8), np.float32))), r"2D|spatial dimension"),
+    "4d-two-volumes": (
+        volume_case(lambda p: write_nii(p, np.zeros((*SHAPE, 2), np.float32))),
+        r"2 volumes|expected one 3D volume",
+    ),
+    "single-slice": (volume_case(lambda p: write_nii(p, np.zeros((8, 8, 1), np.float32))), r"single slice"),
+    "no-voxels": (volume_case(lambda p: write_nii(p, np.zeros((8, 8, 0), np.float32))), r"empty image"),
+    "complex-voxels": (
+        volume_case(lambda p: write_nii(p, np.zeros(SHAPE, np.complex64))),
+        r"voxel type complex64 is not supported",
+    ),
+    "nan-affine": (
+        volume_case(lambda p: nii_nan_affine(p, np.zeros(SHAPE, np.float32))),
+        r"invalid affine.*non-finite|non-finite",
+    ),
+    "label-shape-mismatch": (label_case(lambda p: write_nii(p, segmentation((8, 8, 5)))), r"shape.*does not match"),
+    "label-affine-mismatch": (
+        label_case(lambda p: write_nii(p, segmentation(), np.diag([0.8, 0.8, 5.0, 1.0]))),
+        r"affine does not match",
+    ),
+    "label-2d": (label_case(lambda p: write_nii(p, segmentation()[..., 0])), r"2D|shape"),
+    # nibabel reads pixdim 0 as 1 mm (a log line nobody sees): the geometry would be silently wrong
+    "pixdim-0-no-sform": (
+        volume_case(lambda p: nii_pixdim0(p, np.zeros(SHAPE, np.float32))),
+        r"voxel spacing unknown.*pixdim is \[0\.0, 0\.0, 0\.0\].*no sform.*assume 1 mm",
+    ),
+    "symlink-loop-nii": (volume_case(symlink_loop), r"cannot be read.*ELOOP"),
+}
 # checked only when the voxels are loaded (the datalists read headers only, for speed)
 NIFTI_VOXELS: dict[str, tuple[Callable[[Path], tuple[Path, Path, Path]], str]] = {
-    "nan-voxels": (_volume_case(lambda p: nii(p, one_nan())), r"1 NaN and 0 inf voxels"),
-    "inf-voxels": (_volume_case(lambda p: nii(p, np.full(SHAPE, np.inf, np.float32))), r"inf voxels"),
-    "label-value-3": (_label_case(lambda p: nii(p, seg(extra=3))), r"label values \{3\} outside \{0, 1, 2\}"),
+    "nan-voxels": (volume_case(lambda p: write_nii(p, one_nan())), r"1 NaN and 0 inf voxels"),
+    "inf-voxels": (volume_case(lambda p: write_nii(p, np.full(SHAPE, np.inf, np.float32))), r"inf voxels"),
+    "label-value-3": (
+        label_case(lambda p: write_nii(p, segmentation(value=3))),
+        r"label values \{3\} outside \{0, 1, 2\}",
+    ),
     "label-value-negative": (
-        _label_case(lambda p: nii(p, seg(extra=-1, dtype=np.int16))),
+        label_case(lambda p: write_nii(p, segmentation(value=-1, dtype=np.int16))),
         r"label values \{-1\} outside",
     ),
     "label-value-fractional": (
-        _label_case(lambda p: nii(p, seg(extra=1.5, dtype=np.float32))),
+        label_case(lambda p: write_nii(p, segmentation(value=1.5, dtype=np.float32))),
         r"label values \{1.5\} outside",
     ),
-    "label-nan": (_label_case(lambda p: nii(p, seg(extra=np.nan, dtype=np.float32))), r"label values \{nan\}"),
+    "label-nan": (
+        label_case(lambda p: write_nii(p, segmentation(value=np.nan, dtype=np.float32))),
+        r"label values \{nan\}",
+    ),
     # the gzip CRC-32 of the voxels is checked as they are read (nibabel alone never reaches the trailer)
-    "bit-flip-nii-gz": (_volume_case(_bit_flip_nii_gz), r"damaged gzip stream.*CRC check failed"),
+    "bit-flip-nii-gz": (volume_case(bit_flip_nii_gz), r"damaged gzip stream.*CRC check failed"),
 }
 IMAGE_SIDE = {k for k in (*NIFTI_BAD, *NIFTI_VOXELS) if not k.startswith("label")}
 
 
 def lits_dataset(root: Path, make: Callable[[Path], tuple[Path, Path, Path]]) -> tuple[Path, Path, Path]:
     """Good case 1 beside the bad case 0."""
-    nii(root / "volume-1.nii")
-    nii(root / "segmentation-1.nii", seg())
+    write_nii(root / "volume-1.nii")
+    write_nii(root / "segmentation-1.nii", segmentation())
     return make(root)
 
 
@@ -472,7 +239,7 @@ def test_lits_single_bit_flips_never_load_as_wrong_voxels(tmp_path: Path) -> Non
 
     MONAI's own ``LoadImaged`` (nibabel) loads most of them as wrong voxels without an error: that is the defect.
     """
-    good = nii(tmp_path / "volume-0.nii.gz")
+    good = write_nii(tmp_path / "volume-0.nii.gz")
     data, size = np.asarray(nib.load(good).dataobj), good.stat().st_size
     ours, theirs = LoadVolumed("image", image_only=True), LoadImaged("image", image_only=True)
     rng = np.random.default_rng(0)
@@ -503,26 +270,26 @@ def test_lits_duplicate_case_ids(tmp_path: Path, layout: str, on_error: str) -> 
     """Two files for one case id are ambiguous, not broken: an error in both modes, naming both files."""
     if layout == "msd-nii-and-nii-gz":
         for ext in (".nii", ".nii.gz"):
-            nii(tmp_path / "imagesTr" / f"liver_0{ext}")
-            nii(tmp_path / "labelsTr" / f"liver_0{ext}", seg())
+            write_nii(tmp_path / "imagesTr" / f"liver_0{ext}")
+            write_nii(tmp_path / "labelsTr" / f"liver_0{ext}", segmentation())
         first, second = tmp_path / "imagesTr" / "liver_0.nii", tmp_path / "imagesTr" / "liver_0.nii.gz"
     else:
         other = "volume-3.nii.gz" if layout == "nii-and-nii-gz" else "sub/volume-03.nii"
-        first, second = nii(tmp_path / "volume-3.nii"), nii(tmp_path / other)
-        nii(tmp_path / "segmentation-3.nii", seg())
+        first, second = write_nii(tmp_path / "volume-3.nii"), write_nii(tmp_path / other)
+        write_nii(tmp_path / "segmentation-3.nii", segmentation())
     for fn in (lits_datalist, lits_inference_list):
         err = assert_names(lambda: fn(tmp_path, on_error=on_error), first, r"duplicate .*case id")
         assert second.name in str(err)
 
 
 def test_lits_skip_broken_cases(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    nii(tmp_path / "volume-1.nii")
-    nii(tmp_path / "segmentation-1.nii", seg())
+    write_nii(tmp_path / "volume-1.nii")
+    write_nii(tmp_path / "segmentation-1.nii", segmentation())
     put(tmp_path / "volume-2.nii.gz", b"")  # broken image: the case goes, label too
-    nii(tmp_path / "segmentation-2.nii.gz", seg())
-    nii(tmp_path / "volume-3.nii")
-    nii(tmp_path / "segmentation-3.nii", seg((8, 8, 5)))  # geometry mismatch
-    nii(tmp_path / "test-volume-0.nii", np.zeros((8, 8), np.float32))  # 2D: inference list only
+    write_nii(tmp_path / "segmentation-2.nii.gz", segmentation())
+    write_nii(tmp_path / "volume-3.nii")
+    write_nii(tmp_path / "segmentation-3.nii", segmentation((8, 8, 5)))  # geometry mismatch
+    write_nii(tmp_path / "test-volume-0.nii", np.zeros((8, 8), np.float32))  # 2D: inference list only
     assert_names(lambda: lits_datalist(tmp_path), "volume-2.nii.gz", "empty file")
     with caplog.at_level(logging.WARNING, logger="monai_metalr"):
         items = lits_datalist(tmp_path, on_error="skip")
@@ -569,24 +336,16 @@ def test_a_checkpoint_of_another_width_is_refused_not_loaded_as_counters(tmp_pat
 # 2D images (PNG / JPEG / TIFF): check_image_file, read_frame, LoadFramed, merge_masks
 
 
-def _png_cut(p: Path) -> Path:
-    return cut(img(p, np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)), 0.5)
-
-
-def _jpeg_cut(p: Path) -> Path:
-    return cut(img(p, np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)), 0.5)
-
-
 # name -> (file name, writer, pattern, readers that must reject it)
 ALL_2D = {"check", "read_frame", "LoadFramed", "merge_masks"}
 IMAGES = ALL_2D - {"merge_masks"}  # merge_masks reads PNG masks of any size
 IMAGE_BAD: dict[str, tuple[str, Callable[[Path], Path], str, set[str]]] = {
     "zero-byte-png": ("a.png", lambda p: put(p, b""), r"empty file|cannot|identify", ALL_2D),
-    "truncated-png": ("a.png", _png_cut, r"truncated", ALL_2D),
+    "truncated-png": ("a.png", png_cut, r"truncated", ALL_2D),
     "png-without-iend": ("a.png", without_end, r"truncated", {"check"}),
     "garbage-png": ("a.png", lambda p: put(p, b"\x89PNG\r\n\x1a\n" + b"\0" * 40), r"not a readable|cannot", ALL_2D),
     "zero-byte-jpeg": ("a.jpeg", lambda p: put(p, b""), r"empty file|cannot", IMAGES),
-    "truncated-jpeg": ("a.jpeg", _jpeg_cut, r"truncated", IMAGES),
+    "truncated-jpeg": ("a.jpeg", jpeg_cut, r"truncated", IMAGES),
     "one-pixel-png": ("a.png", lambda p: img(p, np.zeros((1, 1), np.uint8)), r"1 x 1 pixels", IMAGES),
     "one-row-jpeg": ("a.jpg", lambda p: img(p, np.zeros((1, 40), np.uint8)), r"40 x 1 pixels", IMAGES),
     "multipage-tiff": ("a.tif", stack, r"3 frames", IMAGES),
@@ -604,21 +363,18 @@ IMAGE_BAD: dict[str, tuple[str, Callable[[Path], Path], str, set[str]]] = {
 }
 
 
-def _image_cases() -> list[tuple[str, str]]:
-    return [(kind, reader) for kind, (*_, readers) in IMAGE_BAD.items() for reader in sorted(readers)]
+IMAGE_READERS: dict[str, Callable[[Path], object]] = {
+    "check": check_image_file,
+    "read_frame": read_frame,
+    "LoadFramed": load2d,
+    "merge_masks": lambda path: merge_masks([path]),
+}
 
 
-@pytest.mark.parametrize("kind, reader", _image_cases(), ids=[f"{k}-{r}" for k, r in _image_cases()])
+@readers_reject(IMAGE_BAD)
 def test_2d_image_readers(tmp_path: Path, kind: str, reader: str) -> None:
     name, write, pattern, _ = IMAGE_BAD[kind]
-    path = write(tmp_path / name)
-    fn = {
-        "check": lambda: check_image_file(path),
-        "read_frame": lambda: read_frame(path),
-        "LoadFramed": lambda: load2d(path),
-        "merge_masks": lambda: merge_masks([path]),
-    }[reader]
-    assert_names(fn, path, pattern, FileNotFoundError if kind == "missing" else ValueError)
+    assert_rejected(IMAGE_READERS[reader], write(tmp_path / name), kind, pattern)
 
 
 def test_2d_images_that_are_fine(tmp_path: Path) -> None:
@@ -671,21 +427,18 @@ DICOM_BAD: dict[str, tuple[Callable[[Path], Path], str, set[str]]] = {
 }
 
 
-def _dicom_cases() -> list[tuple[str, str]]:
-    return [(kind, reader) for kind, (*_, readers) in DICOM_BAD.items() for reader in sorted(readers)]
+DICOM_READERS: dict[str, Callable[[Path], object]] = {
+    "dicom_frame_info": dicom_frame_info,
+    "read_dicom_frame": read_dicom_frame,
+    "read_frame": read_frame,
+    "LoadFramed": load2d,
+}
 
 
-@pytest.mark.parametrize("kind, reader", _dicom_cases(), ids=[f"{k}-{r}" for k, r in _dicom_cases()])
+@readers_reject(DICOM_BAD)
 def test_dicom_readers(tmp_path: Path, kind: str, reader: str) -> None:
     write, pattern, _ = DICOM_BAD[kind]
-    path = write(tmp_path / "image.dcm")
-    fn = {
-        "dicom_frame_info": lambda: dicom_frame_info(path),
-        "read_dicom_frame": lambda: read_dicom_frame(path),
-        "read_frame": lambda: read_frame(path),
-        "LoadFramed": lambda: load2d(path),
-    }[reader]
-    assert_names(fn, path, pattern, FileNotFoundError if kind == "missing" else ValueError)
+    assert_rejected(DICOM_READERS[reader], write(tmp_path / "image.dcm"), kind, pattern)
 
 
 def test_dicom_generated_file_is_valid(tmp_path: Path) -> None:
@@ -716,21 +469,18 @@ VIDEO_BAD: dict[str, tuple[str, Callable[[Path], Path], str, set[str]]] = {
 }
 
 
-def _video_cases() -> list[tuple[str, str]]:
-    return [(kind, reader) for kind, (*_, readers) in VIDEO_BAD.items() for reader in sorted(readers)]
+VIDEO_READERS: dict[str, Callable[[Path], object]] = {
+    "video_frame_info": video_frame_info,
+    "read_video_frames": lambda path: read_video_frames(path, [0]),
+    "read_frame": lambda path: read_frame(path, 0),
+    "LoadFramed": lambda path: load2d(path, 0),
+}
 
 
-@pytest.mark.parametrize("kind, reader", _video_cases(), ids=[f"{k}-{r}" for k, r in _video_cases()])
+@readers_reject(VIDEO_BAD)
 def test_video_readers(tmp_path: Path, kind: str, reader: str) -> None:
     name, write, pattern, _ = VIDEO_BAD[kind]
-    path = write(tmp_path / name)
-    fn = {
-        "video_frame_info": lambda: video_frame_info(path),
-        "read_video_frames": lambda: read_video_frames(path, [0]),
-        "read_frame": lambda: read_frame(path, 0),
-        "LoadFramed": lambda: load2d(path, 0),
-    }[reader]
-    assert_names(fn, path, pattern, FileNotFoundError if kind == "missing" else ValueError)
+    assert_rejected(VIDEO_READERS[reader], write(tmp_path / name), kind, pattern)
 
 
 def test_video_truncated_after_intact_header(tmp_path: Path) -> None:
@@ -752,23 +502,14 @@ def test_video_truncated_after_intact_header(tmp_path: Path) -> None:
 # BUSI
 
 
-def busi(root: Path) -> Path:
-    """Two good cases per class."""
-    for cls in ("benign", "malignant", "normal"):
-        for n in (1, 2):
-            img(root / cls / f"{cls} ({n}).png")
-            img(root / cls / f"{cls} ({n})_mask.png", np.zeros((SIZE, SIZE), np.uint8))
-    return root
-
-
 BUSI_BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
     "zero-byte-image": (lambda f: put(f / "benign (1).png", b""), r"empty file"),
-    "truncated-image": (lambda f: _png_cut(f / "benign (1).png"), r"truncated"),
+    "truncated-image": (lambda f: png_cut(f / "benign (1).png"), r"truncated"),
     "jpeg-named-png": (lambda f: img(f / "benign (1).png", fmt="JPEG"), r"a JPEG file, expected PNG"),
     "one-pixel-image": (lambda f: img(f / "benign (1).png", np.zeros((1, 1), np.uint8)), r"1 x 1 pixels"),
     "animated-image": (lambda f: stack(f / "benign (1).png"), r"3 frames"),
     "zero-byte-mask": (lambda f: put(f / "benign (1)_mask.png", b""), r"empty file"),
-    "truncated-mask": (lambda f: _png_cut(f / "benign (1)_mask.png"), r"truncated"),
+    "truncated-mask": (lambda f: png_cut(f / "benign (1)_mask.png"), r"truncated"),
     "mask-size-mismatch": (
         lambda f: img(f / "benign (1)_mask.png", np.zeros((SIZE, SIZE + 4), np.uint8)),
         r"mask of 20 x 16 pixels does not match its image .*benign \(1\)\.png of 16 x 16",
@@ -783,7 +524,7 @@ BUSI_BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
 
 @pytest.mark.parametrize("kind", list(BUSI_BAD))
 def test_busi_bad_files(tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture) -> None:
-    root = busi(tmp_path / "Dataset_BUSI_with_GT")
+    root = tiny_busi(tmp_path / "Dataset_BUSI_with_GT")
     write, pattern = BUSI_BAD[kind]
     bad = write(root / "benign")
     assert_names(lambda: busi_datalist(root), bad, pattern)
@@ -798,14 +539,14 @@ def test_busi_bad_files(tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixt
 
 @pytest.mark.parametrize("on_error", ["raise", "skip"])
 def test_busi_duplicate_case_number(tmp_path: Path, on_error: str) -> None:
-    root = busi(tmp_path / "Dataset_BUSI_with_GT")
+    root = tiny_busi(tmp_path / "Dataset_BUSI_with_GT")
     dup = img(root / "benign" / "benign (01).png")
     err = assert_names(lambda: busi_datalist(root, on_error=on_error), dup, r"duplicate BUSI image")
     assert "benign (1).png" in str(err)
 
 
 def test_busi_all_broken(tmp_path: Path) -> None:
-    root = busi(tmp_path / "Dataset_BUSI_with_GT")
+    root = tiny_busi(tmp_path / "Dataset_BUSI_with_GT")
     for path in root.rglob("*).png"):
         put(path, b"")
     assert_names(lambda: busi_datalist(root, on_error="skip"), root, r"all 6 case\(s\) found are broken")
@@ -815,19 +556,11 @@ def test_busi_all_broken(tmp_path: Path) -> None:
 # Kermany chest X-ray
 
 
-def cxr(root: Path) -> Path:
-    for split in ("train", "val", "test"):
-        for cls, stem in (("NORMAL", "IM-0001-0001"), ("PNEUMONIA", "person1_virus_1")):
-            img(root / "chest_xray" / split / cls / f"{stem}.jpeg")
-            img(root / "chest_xray" / split / cls / f"{stem[:-1]}2.jpeg")
-    return root
-
-
 CXR_BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
     "zero-byte-jpeg": (lambda f: put(f / "IM-0001-0001.jpeg", b""), r"empty file"),
-    "truncated-jpeg": (lambda f: _jpeg_cut(f / "IM-0001-0001.jpeg"), r"truncated"),
+    "truncated-jpeg": (lambda f: jpeg_cut(f / "IM-0001-0001.jpeg"), r"truncated"),
     "html-as-jpeg": (lambda f: put(f / "IM-0001-0001.jpeg", b"<html>error</html>" * 10), r"not a readable image"),
-    "truncated-png": (lambda f: _png_cut(f / "IM-0009-0001.png"), r"truncated"),
+    "truncated-png": (lambda f: png_cut(f / "IM-0009-0001.png"), r"truncated"),
     "one-pixel-jpeg": (lambda f: img(f / "IM-0001-0001.jpeg", np.zeros((1, 1), np.uint8)), r"1 x 1 pixels"),
     "gif-named-jpeg": (lambda f: gif(f / "IM-0001-0001.jpeg"), r"a GIF file, expected JPEG or PNG"),
     "symlink-loop-jpeg": (lambda f: symlink_loop(f / "IM-0001-0001.jpeg"), r"ELOOP.*symbolic link loop"),
@@ -836,7 +569,7 @@ CXR_BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
 
 @pytest.mark.parametrize("kind", list(CXR_BAD))
 def test_chestxray_bad_files(tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture) -> None:
-    root = cxr(tmp_path)
+    root = tiny_cxr(tmp_path)
     write, pattern = CXR_BAD[kind]
     bad = write(root / "chest_xray" / "train" / "NORMAL")
     assert_names(lambda: chestxray_datalist(root), bad, pattern)
@@ -849,7 +582,7 @@ def test_chestxray_bad_files(tmp_path: Path, kind: str, caplog: pytest.LogCaptur
 @pytest.mark.parametrize("on_error", ["raise", "skip"])
 def test_chestxray_duplicate_case_id(tmp_path: Path, on_error: str) -> None:
     """``x.jpeg`` and ``x.png`` in one class folder would share the case id ``<split>/<class>/x``."""
-    root = cxr(tmp_path)
+    root = tiny_cxr(tmp_path)
     dup = img(root / "chest_xray" / "test" / "PNEUMONIA" / "person1_virus_1.png")
     err = assert_names(lambda: chestxray_datalist(root, on_error=on_error), dup, r"duplicate image for case")
     assert "person1_virus_1.jpeg" in str(err)
@@ -859,29 +592,22 @@ def test_chestxray_duplicate_case_id(tmp_path: Path, on_error: str) -> None:
 # POCUS
 
 
-def pocus(root: Path) -> Path:
-    mp4(root / "pocus_videos" / "convex" / "Cov-clip.mp4", n=6)
-    gif(root / "pocus_videos" / "convex" / "Reg-clip.gif", n=4)
-    img(root / "pocus_images" / "convex" / "Pneu-image.png")
-    return root
-
-
 POCUS_BAD: dict[str, tuple[str, Callable[[Path], Path], str]] = {
     "zero-byte-mp4": ("pocus_videos/convex/Cov-bad.mp4", lambda p: put(p, b""), r"empty file"),
     "truncated-mp4": ("pocus_videos/convex/Cov-bad.mp4", lambda p: cut(mp4(p), 0.5), r"not a decodable video"),
     "garbage-mp4": ("pocus_videos/convex/Cov-bad.mp4", lambda p: put(p, b"junk" * 99), r"not a decodable video"),
     "truncated-gif": ("pocus_videos/convex/Cov-bad.gif", lambda p: cut(gif(p), 0.5), r"not a decodable video"),
     "zero-byte-png": ("pocus_images/convex/Cov-bad.png", lambda p: put(p, b""), r"empty file"),
-    "truncated-png": ("pocus_images/convex/Cov-bad.png", _png_cut, r"cannot be read as an image.*truncated"),
+    "truncated-png": ("pocus_images/convex/Cov-bad.png", png_cut, r"cannot be read as an image.*truncated"),
     "one-pixel-png": ("pocus_images/convex/Cov-bad.png", lambda p: img(p, np.zeros((1, 1), np.uint8)), r"1 x 1"),
     "animated-png": ("pocus_images/convex/Cov-bad.png", stack, r"3 frames"),
-    "truncated-jpeg": ("pocus_images/convex/Cov-bad.jpg", _jpeg_cut, r"cannot be read as an image.*truncated"),
+    "truncated-jpeg": ("pocus_images/convex/Cov-bad.jpg", jpeg_cut, r"cannot be read as an image.*truncated"),
 }
 
 
 @pytest.mark.parametrize("kind", list(POCUS_BAD))
 def test_pocus_bad_files(tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture) -> None:
-    root = pocus(tmp_path / "data")
+    root = tiny_pocus(tmp_path / "data")
     rel, write, pattern = POCUS_BAD[kind]
     bad = write(root / rel)
     frames = tmp_path / "frames"
@@ -900,7 +626,7 @@ def test_pocus_bad_files(tmp_path: Path, kind: str, caplog: pytest.LogCaptureFix
 def test_pocus_stills_are_the_images_inference_sees(tmp_path: Path, still: str) -> None:
     """A 16-bit ultrasound still was clipped to white by PIL's convert("RGB") for training while inference scaled it:
     now training (the frame folder's PNG, through LoadFramed) and inference (LoadFramed on the file) agree exactly."""
-    root = pocus(tmp_path / "data")
+    root = tiny_pocus(tmp_path / "data")
     rng = np.random.default_rng(3)
     grey = rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
     rgb = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
@@ -924,7 +650,7 @@ def test_pocus_stills_are_the_images_inference_sees(tmp_path: Path, still: str) 
 def test_pocus_truncated_video_with_intact_header_keeps_decodable_frames(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    root = pocus(tmp_path / "data")
+    root = tiny_pocus(tmp_path / "data")
     bad = cut(mp4(root / "pocus_videos" / "convex" / "Cov-cut.mp4", faststart=True), 0.9)
     with caplog.at_level(logging.WARNING):
         items = pocus_datalist(root, frame_dir=tmp_path / "frames", sample_fps=None)
@@ -935,7 +661,7 @@ def test_pocus_truncated_video_with_intact_header_keeps_decodable_frames(
 
 @pytest.mark.parametrize("on_error", ["raise", "skip"])
 def test_pocus_duplicate_group(tmp_path: Path, on_error: str) -> None:
-    root = pocus(tmp_path / "data")
+    root = tiny_pocus(tmp_path / "data")
     dup = mp4(root / "pocus_videos" / "Convex" / "Cov-clip.mp4", n=3)
     assert_names(lambda: pocus_datalist(root, frame_dir=tmp_path / "f", on_error=on_error), dup, r"same probe and file")
 
@@ -946,8 +672,8 @@ def test_pocus_duplicate_group(tmp_path: Path, on_error: str) -> None:
 
 INFERENCE_BAD: dict[str, tuple[str, Callable[[Path], Path], str]] = {
     "zero-byte-png": ("a.png", lambda p: put(p, b""), r"empty file"),
-    "truncated-png": ("a.png", _png_cut, r"truncated"),
-    "truncated-jpeg": ("a.jpg", _jpeg_cut, r"truncated"),
+    "truncated-png": ("a.png", png_cut, r"truncated"),
+    "truncated-jpeg": ("a.jpg", jpeg_cut, r"truncated"),
     "one-pixel-png": ("a.png", lambda p: img(p, np.zeros((1, 1), np.uint8)), r"1 x 1 pixels"),
     "multipage-tiff": ("a.tif", stack, r"3 frames"),
     "zero-byte-dicom": ("a.dcm", lambda p: put(p, b""), r"empty file"),
@@ -997,16 +723,16 @@ def test_inference_list_folder_errors(tmp_path: Path) -> None:
 
 
 def _busi(t: Path, on_error: str) -> object:
-    return busi_datalist(busi(t / "Dataset_BUSI_with_GT"), on_error=on_error)
+    return busi_datalist(tiny_busi(t / "Dataset_BUSI_with_GT"), on_error=on_error)
 
 
 def _lits(t: Path, on_error: str) -> object:
-    nii(t / "volume-0.nii"), nii(t / "segmentation-0.nii", seg())
+    write_nii(t / "volume-0.nii"), write_nii(t / "segmentation-0.nii", segmentation())
     return lits_datalist(t, on_error=on_error)
 
 
 def _lits_inference(t: Path, on_error: str) -> object:
-    nii(t / "volume-0.nii")
+    write_nii(t / "volume-0.nii")
     return lits_inference_list(t, on_error=on_error)
 
 
@@ -1014,8 +740,8 @@ BUILDERS: dict[str, Callable[[Path, str], object]] = {
     "lits_datalist": _lits,
     "lits_inference_list": _lits_inference,
     "busi_datalist": _busi,
-    "chestxray_datalist": lambda t, e: chestxray_datalist(cxr(t), on_error=e),
-    "pocus_datalist": lambda t, e: pocus_datalist(pocus(t / "data"), frame_dir=t / "frames", on_error=e),
+    "chestxray_datalist": lambda t, e: chestxray_datalist(tiny_cxr(t), on_error=e),
+    "pocus_datalist": lambda t, e: pocus_datalist(tiny_pocus(t / "data"), frame_dir=t / "frames", on_error=e),
     "classification_inference_list": lambda t, e: classification_inference_list(img(t / "a.png").parent, on_error=e),
 }
 
@@ -1110,9 +836,7 @@ def run_bundle_in_process(bundle: str, configs: list[str], workflow_type: str, *
 
 
 def lits_case(root: Path, i: int, image: np.ndarray | None = None, label: np.ndarray | None = None) -> None:
-    """Case ``i`` of the bundles' synthetic CT (``bundle_helpers.write_case``), with its image or label replaced."""
-    from bundle_helpers import write_case
-
+    """Case ``i`` of the bundles' synthetic CT (``dataset_files.write_case``), with its image or label replaced."""
     affine = write_case(root / f"volume-{i}.nii.gz", root / f"segmentation-{i}.nii.gz", seed=i)
     if image is not None:
         nib.save(nib.Nifti1Image(image, affine), str(root / f"volume-{i}.nii.gz"))
@@ -1122,8 +846,6 @@ def lits_case(root: Path, i: int, image: np.ndarray | None = None, label: np.nda
 
 def half_valued_label(i: int) -> np.ndarray:
     """Case ``i``'s label with its tumour voxels 0.5 (a mask exported as probabilities)."""
-    from bundle_helpers import synthetic_ct
-
     label = synthetic_ct((24, 24, 16), i)[1].astype(np.float32)
     label[label == 2] = 0.5
     return label
@@ -1183,7 +905,7 @@ def test_busi_zlib_damaged_png_passes_the_datalist_and_is_skipped_when_loaded(
     bundle's loading fails on it. Skip leaves it out of the dataset, in every cache mode."""
     from monai_metalr.data import make_dataset
 
-    root = busi(tmp_path / "Dataset_BUSI_with_GT")
+    root = tiny_busi(tmp_path / "Dataset_BUSI_with_GT")
     bad = zlib_damaged_png(root / "benign" / "benign (1).png")
     assert check_image_file(bad) == (SIZE, SIZE)
     items = busi_datalist(root)
@@ -1259,8 +981,6 @@ def test_lits_inference_segments_every_readable_volume(tmp_path: Path, caplog: p
     """The LiTS bundle's inference stopped at a volume with NaN voxels, after the cases before it. With
     on_error='skip' it is left out (found by reading the voxels when the list is made) and the rest are segmented;
     not_predicted.csv lists it and the label files, with their reasons."""
-    from bundle_helpers import synthetic_ct
-
     data, out = tmp_path / "data", tmp_path / "out"
     nan_ct = synthetic_ct((24, 24, 16), 1)[0]
     nan_ct[3, 4, 5] = np.nan
@@ -1286,11 +1006,11 @@ def test_lits_inference_segments_every_readable_volume(tmp_path: Path, caplog: p
 
 def test_an_absurd_voxel_spacing_is_refused_before_resampling(tmp_path: Path) -> None:
     """A header spacing of 1 m (a unit slip) made Spacingd ask for terabytes with no file named."""
-    nii(tmp_path / "volume-1.nii")
-    nii(tmp_path / "segmentation-1.nii", seg())
+    write_nii(tmp_path / "volume-1.nii")
+    write_nii(tmp_path / "segmentation-1.nii", segmentation())
     metres = np.diag([1000.0, 1000.0, 1000.0, 1.0])
-    bad = nii(tmp_path / "volume-0.nii", affine=metres)
-    nii(tmp_path / "segmentation-0.nii", seg(), affine=metres)
+    bad = write_nii(tmp_path / "volume-0.nii", affine=metres)
+    write_nii(tmp_path / "segmentation-0.nii", segmentation(), affine=metres)
     pattern = r"voxel spacing \(1000.0, 1000.0, 1000.0\) mm.*would make a 5334 x 5334 x 3000 volume.*GiB"
     assert_names(lambda: lits_datalist(tmp_path, pixdim=[1.5, 1.5, 2.0]), bad, pattern)
     assert_names(lambda: lits_inference_list(tmp_path, pixdim=[1.5, 1.5, 2.0]), bad, pattern)
@@ -1300,56 +1020,9 @@ def test_an_absurd_voxel_spacing_is_refused_before_resampling(tmp_path: Path) ->
         assert_names(lambda p=pixdim: lits_datalist(tmp_path, pixdim=p), "pixdim", r"three positive voxel sizes")
 
 
-def test_failed_writes_name_the_file_and_the_errno(tmp_path: Path) -> None:
-    """A full disk gave torch.save's 'unexpected pos 576 vs 534' (or 'basic_ios::clear: iostream error'): no path,
-    no errno. atomic_path now names both (the file system is looked at when the writer gives no errno). A file
-    size limit (ulimit -f) is the same kernel path and needs no privileges; a full tmpfs is tried when mounting is
-    allowed (root)."""
-    from monai_metalr.bundle.run import check_output_dir
-    from monai_metalr.io import atomic_path
-
-    weights = torch.zeros(300_000)  # 1.2 MB
-    target = tmp_path / "run" / "model.pt"
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process at the limit
-    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
-    try:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, limits[1]))
-        with pytest.raises(OSError) as info, atomic_path(target) as tmp:
-            torch.save(weights, tmp)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
-        signal.signal(signal.SIGXFSZ, handler)
-    assert info.value.errno == errno.EFBIG and str(target) in str(info.value) and "ulimit -f" in str(info.value)
-    assert not target.exists() and not list(target.parent.iterdir())  # no half-written file, no temporary
-    # an output_dir that is a file: named, not a bare FileExistsError
-    (tmp_path / "file").write_text("x")
-    in_the_way = r"cannot create the folder .*file for model.pt: .*file is a file"
-    with pytest.raises(FileExistsError, match=in_the_way), atomic_path(tmp_path / "file" / "model.pt") as tmp:
-        tmp.write_text("x")
-    assert_names(lambda: check_output_dir(tmp_path / "file"), "file", r"output_dir is a file, not a folder")
-    assert_names(lambda: check_output_dir(tmp_path / "file" / "sub"), "sub", r"cannot create output_dir: .*is a file")
-    assert check_output_dir(tmp_path / "new" / "run") == str(tmp_path / "new" / "run")
-    mount = tmp_path / "full"
-    mount.mkdir()
-    if os.geteuid() != 0 or os.system(f"mount -t tmpfs -o size=64k tmpfs {mount} 2>/dev/null") != 0:
-        return  # mounting a small file system needs root
-    try:
-        with pytest.raises(OSError) as info, atomic_path(mount / "model.pt") as tmp:
-            torch.save(weights, tmp)
-        code, message = info.value.errno, str(info.value)
-        del info  # its traceback keeps torch's writer, and so an open file on the mount, alive
-        assert code == errno.ENOSPC and f"cannot write {mount / 'model.pt'}: No space left on device" in message
-        assert list(mount.iterdir()) == []
-    finally:
-        gc.collect()
-        os.system(f"umount {mount} 2>/dev/null || umount -l {mount}")
-
-
 def test_command_line_settings_that_were_misread_are_refused_or_read_right(tmp_path: Path) -> None:
     """--image_size "[0,0]" trained at every image's own size (MONAI reads 0 as 'keep'), --use_metalr no kept MetaLR
     on ("no" is a true string): the first is refused naming the setting, the second read as False."""
-    from test_classification_bundles import make_busi
-
     from monai_metalr import MetaLRHandler
 
     root = make_busi(tmp_path)  # five cases a class: enough for the bundle's train / val / meta / test split
@@ -1377,6 +1050,7 @@ def test_command_line_settings_that_were_misread_are_refused_or_read_right(tmp_p
 # the root cause as the last line of a failed `python -m monai.bundle run`
 
 
+@pytest.mark.slow
 def test_a_failed_bundle_run_ends_with_the_root_cause(tmp_path: Path) -> None:
     """The error naming the file used to sit 20-70 lines above MONAI's own last line ('Failed to instantiate
     component ...'). A real run on a blank CT (raise mode): exit 1, and stderr's last line names the file and why."""
@@ -1395,6 +1069,7 @@ def test_a_failed_bundle_run_ends_with_the_root_cause(tmp_path: Path) -> None:
     assert "Failed to" in proc.stderr  # MONAI's traceback is still there, above
 
 
+@pytest.mark.slow
 def test_the_root_cause_of_a_data_loader_worker_error(tmp_path: Path) -> None:
     """A DataLoader worker sends its error to the main process as text; the root cause is found in that text. The
     hook is installed only under `python -m monai.bundle` (not in this test session)."""

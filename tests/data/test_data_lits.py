@@ -12,6 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bad_files import cut, put
+from dataset_files import AFFINE, SHAPE, big_gz, segmentation, write_nii
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
@@ -22,29 +24,6 @@ from monai_metalr.data import (
     lits_inference_list,
     split_cases,
 )
-
-SHAPE = (8, 8, 6)
-AFFINE = np.diag([0.8, 0.8, 2.5, 1.0])
-
-
-def write_nii(
-    path: Path, data: np.ndarray | None = None, affine: np.ndarray = AFFINE, shape: tuple[int, ...] = SHAPE
-) -> Path:
-    """A real NIfTI file (``.nii`` or ``.nii.gz`` from the suffix)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if data is None:
-        data = np.random.default_rng(len(path.name)).normal(size=shape).astype(np.float32)
-    nib.save(nib.Nifti1Image(data, affine), str(path))
-    return path
-
-
-def segmentation(shape: tuple[int, ...] = SHAPE, value: int | None = None) -> np.ndarray:
-    seg = np.zeros(shape, np.uint8)
-    seg[2:6, 2:6, 1:4] = 1
-    seg[3:5, 3:5, 2] = 2
-    if value is not None:
-        seg[0, 0, 0] = value
-    return seg
 
 
 def lits_case(folder: Path, n: int, ext: str = ".nii", seg_folder: Path | None = None) -> tuple[Path, Path]:
@@ -57,23 +36,6 @@ def msd_case(root: Path, name: str) -> tuple[Path, Path]:
     image = write_nii(root / "imagesTr" / f"{name}.nii.gz")
     label = write_nii(root / "labelsTr" / f"{name}.nii.gz", segmentation())
     return image, label
-
-
-def truncate(path: Path, keep: float) -> Path:
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)])
-    return path
-
-
-def write_bytes(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
-
-
-def big_gz(path: Path) -> Path:
-    """A ``.nii.gz`` large enough that cutting it in half leaves the header readable."""
-    data = np.random.default_rng(0).normal(size=(32, 32, 16)).astype(np.float32)
-    return write_nii(path, data)
 
 
 def chain(err: BaseException | None) -> Iterator[BaseException]:
@@ -252,13 +214,13 @@ def _zero_byte(tmp: Path) -> Path:
 
 
 def _truncated_nii(tmp: Path) -> Path:
-    truncate(write_nii(tmp / "volume-4.nii"), 0.8)
+    cut(write_nii(tmp / "volume-4.nii"), 0.8)
     write_nii(tmp / "segmentation-4.nii", segmentation())
     return tmp
 
 
 def _truncated_gz(tmp: Path) -> Path:
-    truncate(big_gz(tmp / "volume-5.nii.gz"), 0.5)
+    cut(big_gz(tmp / "volume-5.nii.gz"), 0.5)
     write_nii(tmp / "segmentation-5.nii.gz", segmentation((32, 32, 16)))
     return tmp
 
@@ -587,11 +549,11 @@ def test_check_plain_arrays_with_meta_dicts():
 @pytest.mark.parametrize(
     "make, pattern",
     [
-        (lambda p: truncate(big_gz(p / "volume-0.nii.gz"), 0.5), r"volume-0\.nii\.gz: cannot be read as a NIfTI"),
-        (lambda p: truncate(big_gz(p / "volume-0.nii.gz"), 0.1), r"volume-0\.nii\.gz: cannot be read as a NIfTI"),
-        (lambda p: write_bytes(p / "volume-0.nii", b""), r"volume-0\.nii: cannot be read as a NIfTI volume"),
-        (lambda p: write_bytes(p / "volume-0.nii.gz", b"plain text\n"), r"volume-0\.nii\.gz: cannot be read as a"),
-        (lambda p: truncate(write_nii(p / "volume-0.nii"), 0.9), r"volume-0\.nii: cannot be read as a NIfTI volume"),
+        (lambda p: cut(big_gz(p / "volume-0.nii.gz"), 0.5), r"volume-0\.nii\.gz: cannot be read as a NIfTI"),
+        (lambda p: cut(big_gz(p / "volume-0.nii.gz"), 0.1), r"volume-0\.nii\.gz: cannot be read as a NIfTI"),
+        (lambda p: put(p / "volume-0.nii", b""), r"volume-0\.nii: cannot be read as a NIfTI volume"),
+        (lambda p: put(p / "volume-0.nii.gz", b"plain text\n"), r"volume-0\.nii\.gz: cannot be read as a"),
+        (lambda p: cut(write_nii(p / "volume-0.nii"), 0.9), r"volume-0\.nii: cannot be read as a NIfTI volume"),
     ],
     ids=["truncated-gz-half", "truncated-gz-header", "zero-byte-nii", "text-as-nii-gz", "truncated-nii"],
 )
@@ -605,7 +567,7 @@ def test_load_volume_names_the_file(tmp_path, make, pattern):
 
 def test_load_volume_names_the_failing_key_and_missing_file(tmp_path):
     image, _ = lits_case(tmp_path, 0, ".nii.gz")
-    label = truncate(big_gz(tmp_path / "segmentation-0.nii.gz"), 0.5)
+    label = cut(big_gz(tmp_path / "segmentation-0.nii.gz"), 0.5)
     with pytest.raises(ValueError, match=r"segmentation-0\.nii\.gz: cannot be read") as info:
         LoadVolumed(["image", "label"])({"image": str(image), "label": str(label)})
     assert "volume-0" not in str(info.value)

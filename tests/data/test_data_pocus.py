@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from bad_files import put
 from PIL import Image
 
 from monai_metalr.data.frames import sample_frame_indices
@@ -62,12 +63,6 @@ def write_image(path: Path, mode: str = "RGB") -> Path:
     return path
 
 
-def write_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
 def close(frame: np.ndarray, rgb: tuple[int, int, int], tol: float = 8.0) -> bool:
     return frame.shape == (SIZE, SIZE, 3) and frame.dtype == np.uint8 and float(np.abs(frame - rgb).mean()) < tol
 
@@ -86,8 +81,8 @@ def pocus_repo(tmp_path: Path) -> Path:
     write_video(videos / "linear" / "reg-Youtube.mov", LIN_N)  # lower-case prefix
     write_video(videos / "linear" / "Vir_prospective_file1.avi", VIR_N)
     write_video(videos / "linear" / "label_uncertain" / "Cov_bolzano_x.mp4", 5)  # sub-folder: not used
-    write_bytes(videos / "convex" / "._Cov-Atlas-Day+1.gif", b"\x00\x05\x16\x07")  # macOS resource fork
-    write_bytes(videos / "convex" / ".DS_Store", b"junk")
+    put(videos / "convex" / "._Cov-Atlas-Day+1.gif", b"\x00\x05\x16\x07")  # macOS resource fork
+    put(videos / "convex" / ".DS_Store", b"junk")
     write_image(images / "convex" / "Cov_efsumb1.png", "L")
     write_image(images / "convex" / "PNEU-clarius.JPG")  # upper-case prefix and ending
     write_image(images / "linear" / "Reg_Avi_Image001.jpeg")
@@ -131,11 +126,11 @@ def test_video_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
         video_frame_info(missing)
     for name in ("empty.mp4", "empty.gif"):
-        path = write_bytes(tmp_path / name, b"")
+        path = put(tmp_path / name, b"")
         with pytest.raises(ValueError, match=re.escape(str(path))):
             read_video_frames(path, [0])
     for name in ("garbage.mp4", "garbage.gif", "garbage.avi"):
-        path = write_bytes(tmp_path / name, b"this is not a video" * 50)
+        path = put(tmp_path / name, b"this is not a video" * 50)
         with pytest.raises(ValueError, match=re.escape(str(path))):
             video_frame_info(path)
         with pytest.raises(ValueError, match=re.escape(str(path))):
@@ -300,7 +295,7 @@ def test_datalist_unknown_prefix(pocus_repo: Path, tmp_path: Path, caplog: pytes
 
 
 def test_datalist_ignored_files_warned(pocus_repo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    mpeg = write_bytes(pocus_repo / "data" / "pocus_videos" / "linear" / "Cov_bolzano_Linee B 5.mpeg", b"x")
+    mpeg = put(pocus_repo / "data" / "pocus_videos" / "linear" / "Cov_bolzano_Linee B 5.mpeg", b"x")
     loose = write_gif(pocus_repo / "data" / "pocus_videos" / "Cov-Atlas-Day+2.gif", 2)  # no probe folder
     with caplog.at_level(logging.WARNING, logger="monai_metalr.data.pocus"):
         items = pocus_datalist(pocus_repo, frame_dir=tmp_path / "frames")
@@ -320,7 +315,7 @@ def test_datalist_ignored_files_warned(pocus_repo: Path, tmp_path: Path, caplog:
     ids=["empty-mp4", "garbage-mp4", "truncated-gif", "empty-png", "garbage-jpg"],
 )
 def test_datalist_broken_file(pocus_repo: Path, tmp_path: Path, name: str, data: bytes) -> None:
-    path = write_bytes(pocus_repo / "data" / name, data)
+    path = put(pocus_repo / "data" / name, data)
     with pytest.raises(ValueError, match=re.escape(str(path))):
         pocus_datalist(pocus_repo, frame_dir=tmp_path / "frames")
 
@@ -335,7 +330,7 @@ def test_datalist_layout_errors(pocus_repo: Path, tmp_path: Path) -> None:
         pocus_datalist(empty)
     bare = tmp_path / "bare"
     (bare / "pocus_videos" / "convex").mkdir(parents=True)
-    write_bytes(bare / "pocus_videos" / "convex" / "notes.txt", b"hello")
+    put(bare / "pocus_videos" / "convex" / "notes.txt", b"hello")
     with pytest.raises(ValueError, match=re.escape(str(bare)) + ".*no POCUS videos or images"):
         pocus_datalist(bare)
     videos = pocus_repo / "data" / "pocus_videos"
@@ -438,7 +433,7 @@ def test_folds_pickle_file_errors(tmp_path: Path) -> None:
         ("text.pkl", b"not a pickle\n"),
         ("cut.pkl", pickle.dumps(make_folds())[:50]),
     ):
-        path = write_bytes(tmp_path / name, data)
+        path = put(tmp_path / name, data)
         with pytest.raises(ValueError, match=re.escape(str(path))):
             pocus_folds_pickle(path)
     with pytest.raises(ValueError, match=r"folds\[0\]"):

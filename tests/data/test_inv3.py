@@ -2,36 +2,11 @@
 
 from __future__ import annotations
 
-import io
-import plistlib
-import tarfile
-from pathlib import Path
-
 import numpy as np
 import pytest
+from dataset_files import write_inv3
 
 from monai_metalr.data.inv3 import read_inv3
-
-
-def write_inv3(path: Path, volume: np.ndarray, spacing=(0.8, 0.8, 1.5), members: dict | None = None,
-               plist: dict | None = None) -> Path:
-    """An .inv3 as InVesalius writes it: every file in one temporary folder of a gzip-compressed tar."""
-    main = plist if plist is not None else {
-        "format_version": 1, "modality": "CT", "name": "test",
-        "matrix": {"dtype": volume.dtype.name, "filename": "matrix.dat", "shape": list(volume.shape)},
-        "spacing": list(spacing), "masks": {}, "surfaces": {},
-    }
-    files = {"main.plist": plistlib.dumps(main), "matrix.dat": volume.astype(volume.dtype.newbyteorder("<")).tobytes(),
-             "mask_0.plist": b"<plist/>"}
-    files.update(members or {})
-    with tarfile.open(path, "w:gz") as archive:
-        for name, data in files.items():
-            if data is None:
-                continue
-            info = tarfile.TarInfo(f"tmpab12cd/{name}")
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return path
 
 
 def test_reads_volume_and_spacing(tmp_path):

@@ -12,9 +12,9 @@ import time
 import pytest
 import torch
 from bundle_helpers import bundle_command
-from conftest import SmallNet, make_batches
+from dataset_files import make_busi
 from ignite.engine import Events
-from test_classification_bundles import make_busi
+from small_nets import SmallNet, make_batches
 from torch import nn
 
 from monai_metalr import MetaLR, param_groups
@@ -148,6 +148,7 @@ def _latest_iteration(path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_bundle_killed_mid_epoch_resumes_with_the_same_state(tmp_path):
     data = make_busi(tmp_path / "data")
     out = tmp_path / "out"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import monai
 import pytest
 import torch
-from conftest import SmallNet, make_batches
 from monai.engines import SupervisedTrainer
 from monai.handlers import StatsHandler
+from small_nets import SmallNet, make_batches
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -72,6 +72,7 @@ def test_handler_matches_plain_loop():
         torch.testing.assert_close(p, q, rtol=1e-12, atol=0)
 
 
+@pytest.mark.slow
 def test_state_attributes_files_and_stats_handler(tmp_path, capsys):
     torch.manual_seed(0)
     net = SmallNet()
@@ -97,12 +98,18 @@ def test_state_attributes_files_and_stats_handler(tmp_path, capsys):
     assert not list(tmp_path.glob(".*.tmp*"))  # atomic writes leave no temporaries
 
 
-def test_gradient_accumulation_meta_steps_only_when_stepping():
+def _small_run(optim_cls, n_batches: int):
+    """SmallNet (seeded 0) with ``optim_cls`` over its layer groups at LR 1e-3, a MetaLRHandler at hyper-LR 1e-3 and
+    ``n_batches`` float32 training batches."""
     torch.manual_seed(0)
     net = SmallNet()
-    opt = torch.optim.SGD(param_groups(net, 1e-3))
+    opt = optim_cls(param_groups(net, 1e-3))
     handler = MetaLRHandler(_meta_loader(), hyper_lr=1e-3)
-    train = _dicts(make_batches(5, seed=2, dtype=torch.float32))
+    return net, opt, handler, _dicts(make_batches(n_batches, seed=2, dtype=torch.float32))
+
+
+def test_gradient_accumulation_meta_steps_only_when_stepping():
+    net, opt, handler, train = _small_run(torch.optim.SGD, 5)
     _trainer(net, opt, train, [handler], epochs=1, accumulation_steps=2, optim_set_to_none=True).run()
     # 5 micro-batches, accumulation 2: steps after micro-batches 2, 4 and the epoch-end flush at 5
     assert handler.meta.num_calls == 3 and handler.meta.history["step"].tolist() == [1, 2, 3]
@@ -123,12 +130,9 @@ def test_handler_errors():
         MetaLRHandler(_meta_loader(), optimizer=None)
 
 
+@pytest.mark.slow
 def test_compiled_network_in_trainer():
-    torch.manual_seed(0)
-    net = SmallNet()
-    opt = torch.optim.Adam(param_groups(net, 1e-3))
-    handler = MetaLRHandler(_meta_loader(), hyper_lr=1e-3)
-    train = _dicts(make_batches(2, seed=2, dtype=torch.float32))
+    net, opt, handler, train = _small_run(torch.optim.Adam, 2)
     trainer = _trainer(net, opt, train, [handler], epochs=1, compile=True, compile_kwargs={"backend": "eager"})
     trainer.run()
     assert handler.meta.module is net and handler.meta.param_names[0] == "stem.0.weight"

@@ -8,7 +8,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
+from repo_paths import HELPERS
+
+pytestmark = pytest.mark.slow  # three training runs, each in a fresh process
 
 WORKER = textwrap.dedent(
     '''
@@ -21,7 +25,7 @@ WORKER = textwrap.dedent(
     from torch import nn
     from torch.utils.data import DataLoader
     sys.path.insert(0, sys.argv[3])
-    from conftest import SmallNet, make_batches
+    from small_nets import SmallNet, make_batches
     from monai_metalr import MetaLRHandler, param_groups
     from monai_metalr.schedules import make_lr_scheduler
 
@@ -55,8 +59,7 @@ WORKER = textwrap.dedent(
 def _run(mode: str, tmp: Path) -> dict:
     script = tmp / "worker.py"
     script.write_text(WORKER)
-    tests_dir = str(Path(__file__).parent)
-    subprocess.run([sys.executable, str(script), mode, str(tmp), tests_dir], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(script), mode, str(tmp), str(HELPERS)], check=True, capture_output=True)
     return torch.load(tmp / f"{mode}.pt", weights_only=False)
 
 

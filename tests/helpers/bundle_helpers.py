@@ -6,11 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-BUNDLES = REPO / "bundles"
+from repo_paths import BUNDLES
 
 
 def bundle_cli(
@@ -56,33 +52,5 @@ def bundle_command(
     return cmd
 
 
-def synthetic_ct(shape: tuple[int, int, int], seed: int, tumour: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """A body (soft tissue) in air with an ellipsoidal 'liver' (HU ~ 100) and a darker 'tumour' inside it."""
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
-    image = np.full(shape, -1000.0, dtype=np.float32)
-    body = (grid[0] ** 2 + grid[1] ** 2) < 0.9
-    image[body] = 20.0
-    centre = rng.uniform(-0.2, 0.2, size=3)[:, None, None, None]
-    liver = (((grid - centre) / np.array([0.5, 0.4, 0.7])[:, None, None, None]) ** 2).sum(0) < 1
-    label = liver.astype(np.uint8)
-    image[liver] = 100.0
-    if tumour:
-        lesion = (((grid - centre) / 0.18) ** 2).sum(0) < 1
-        label[lesion] = 2
-        image[lesion] = 40.0
-    image += rng.normal(0, 10, size=shape).astype(np.float32)
-    return image, label
-
-
-def write_case(image_path: Path, label_path: Path | None, shape=(24, 24, 16), seed=0, spacing=(1.5, 1.5, 2.0)):
-    """Write one NIfTI case (``.nii`` or ``.nii.gz`` from the name); returns the affine."""
-    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
-    affine[:3, 3] = [10.0, 20.0, -30.0]
-    image, label = synthetic_ct(shape, seed)
-    image_path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(image, affine), str(image_path))
-    if label_path is not None:
-        label_path.parent.mkdir(parents=True, exist_ok=True)
-        nib.save(nib.Nifti1Image(label, affine), str(label_path))
-    return affine
+# the bundles' gpu data pipeline (device cache, ThreadDataLoader) with the device on CPU: runs without a GPU
+GPU_PIPELINE_ON_CPU = {"pipeline": "gpu", "device": "$torch.device('cpu')", "cache": "memory"}

@@ -1,4 +1,5 @@
-"""Two ranks that do not build the same MetaLR, under ``torchrun`` (gloo): used by ``test_distributed.py``.
+"""Two ranks that do not build the same MetaLR, under ``torchrun`` (gloo): used by
+``tests/core/test_distributed.py``.
 
 ``--mode groups``: rank 1 splits the network into other layer groups. ``--mode missing``: rank 1 builds no MetaLR
 and waits. Each rank writes ``rank<r>.txt`` with the error it got (or ``ok``)."""

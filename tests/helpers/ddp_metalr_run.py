@@ -1,5 +1,5 @@
 """MetaLR on a small MLP: under ``torchrun`` (DDP, gloo, sharded meta loader) or in one process over the
-same global batches. Used by ``test_distributed.py``; run as a script, it writes ``rank<r>.pt``."""
+same global batches. Used by ``tests/core/test_distributed.py``; run as a script, it writes ``rank<r>.pt``."""
 
 from __future__ import annotations
 

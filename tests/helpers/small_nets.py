@@ -1,10 +1,10 @@
-"""Shared small models and data for the tests (float64 where a numerical claim is checked)."""
+"""Shared small models and data for the tests (float64 where a numerical claim is checked); the ``net64`` fixture
+is in ``tests/conftest.py``."""
 
 from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 from torch import nn
 
@@ -30,12 +30,6 @@ def make_batches(n: int, seed: int, dtype=torch.float64, batch: int = 6, size: i
     ]
 
 
-@pytest.fixture
-def net64() -> SmallNet:
-    torch.manual_seed(0)
-    return SmallNet().double()
-
-
 def reference_direction(net, opt, optim_cls, kw, lookahead: str = "optimizer") -> list[torch.Tensor]:
     """u such that the optimizer's next step is theta - lr*u, from the optimizer itself: its step at lr=1 on
     deep copies of the network and the optimizer state (``lookahead="sgd"``: the raw gradient)."""
@@ -54,3 +48,25 @@ def reference_direction(net, opt, optim_cls, kw, lookahead: str = "optimizer") -
     before = [q.detach().clone() for q in twin.parameters()]
     twin_opt.step()
     return [b - q.detach() for b, q in zip(before, twin.parameters())]
+
+
+def adam_with_scaler(use_scaler: bool, init_scale: float):
+    """SmallNet in float64 (seeded 0), Adam over its layer groups at LR 1e-3, and a CPU GradScaler starting at
+    ``init_scale`` (None without ``use_scaler``): the same run with and without loss scaling."""
+    from monai_metalr import param_groups
+
+    torch.manual_seed(0)
+    net = SmallNet().double()
+    opt = torch.optim.Adam(param_groups(net, 1e-3))
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale) if use_scaler else None
+    return net, opt, scaler
+
+
+def metalr_step(net, opt, meta, x, y, loss_fn):
+    """One training step in the order meta.py's contract gives: zero_grad, loss.backward(), MetaLR.step(), then the
+    optimizer's step; returns what MetaLR.step() returned."""
+    opt.zero_grad()
+    loss_fn(net(x), y).backward()
+    h = meta.step()
+    opt.step()
+    return h

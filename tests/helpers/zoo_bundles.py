@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from bundle_helpers import synthetic_ct
+from dataset_files import synthetic_ct
 from PIL import Image
 
 _STATS = {"_target_": "StatsHandler", "tag_name": "train_loss",

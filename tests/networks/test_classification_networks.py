@@ -73,6 +73,7 @@ def test_lite0_state_dict_is_the_package_layout(lite_weights):
     assert not hasattr(net._blocks[0], "_expand_conv")  # the first block has expansion ratio 1
 
 
+@pytest.mark.slow
 def test_lite0_imagenet_predictions_on_skimage_photos(capsys):
     data = pytest.importorskip("skimage.data")
     net = efficientnet_lite0(num_classes=1000).eval()
@@ -88,6 +89,7 @@ def test_lite0_imagenet_predictions_on_skimage_photos(capsys):
     assert top[1] == ESPRESSO and prob[1, ESPRESSO] > 0.5
 
 
+@pytest.mark.slow
 def test_lite0_pretrained_new_head_and_channels(lite_weights, capsys):
     net = efficientnet_lite0(num_classes=3)
     report = net.pretrained_report
@@ -114,6 +116,7 @@ def test_lite0_layer_groups_follow_the_stages():
     assert [g["name"] for g in pg] == LITE_GROUPS and pg[-1]["lr"] == 1e-3
 
 
+@pytest.mark.slow
 def test_lite0_functional_call_equals_forward():
     torch.manual_seed(0)
     net = EfficientNetLite0(num_classes=4)
@@ -272,6 +275,7 @@ def tv_state() -> OrderedDict[str, torch.Tensor]:
     return torchvision_resnet18_state()
 
 
+@pytest.mark.slow
 def test_monai_resnet18_is_torchvision_resnet18(tmp_path, tv_state):
     net = monai_resnet18(num_classes=1000)
     assert list(net.state_dict()) == list(tv_state)  # same names, same order: MONAI names coincide
@@ -355,6 +359,7 @@ def test_naming_detection_and_errors(tmp_path, tv_state):
         load_pretrained(monai_resnet18(3), path, naming="torchvision", verbose=False)
 
 
+@pytest.mark.slow
 def test_resnet18_layer_groups_and_functional_call():
     from monai.networks.nets import resnet18
 
@@ -377,6 +382,7 @@ def test_resnet18_layer_groups_and_functional_call():
 # ---------------------------------------------------------------- get_classifier
 
 
+@pytest.mark.slow
 def test_get_classifier(tmp_path, tv_state, capsys):
     lite = get_classifier("EfficientNet-Lite0", num_classes=3)
     assert isinstance(lite, EfficientNetLite0) and lite.pretrained_report.shape_mismatch == ["_fc.weight", "_fc.bias"]

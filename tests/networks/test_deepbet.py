@@ -27,6 +27,7 @@ def scripted_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_load_gives_a_trainable_copy(scripted_file):
     net = load_deepbet(scripted_file, probabilities=True)
     assert net.training and all(p.requires_grad for p in net.parameters())
@@ -40,6 +41,7 @@ def test_load_gives_a_trainable_copy(scripted_file):
         torch.testing.assert_close(torch.softmax(logits(x), 1), scripted(x))
 
 
+@pytest.mark.slow
 def test_layer_groups_and_one_meta_step(scripted_file):
     net = load_deepbet(scripted_file)
     assert list(layer_groups(net, DEEPBET_LAYER_GROUPS)) == GROUPS
@@ -119,6 +121,7 @@ def test_real_weights_match_torchscript(name):
         torch.testing.assert_close(net(x), scripted(x))
 
 
+@pytest.mark.slow
 def test_real_bbox_model_finds_the_colin27_brain():
     """deepbet's own first stage on real data: the 128^3 bbox network on Colin27 (with skull) covers the AAL atlas."""
     from monai_metalr.data import fetched_path, read_colin27

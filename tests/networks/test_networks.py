@@ -8,69 +8,13 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from dataset_files import genesis_table, random_genesis_checkpoint
 from torch import nn
 
 from monai_metalr import layer_groups, param_groups, unwrap_model
 from monai_metalr.networks import PretrainedReport, UNet3D, get_network, load_pretrained
 
 GROUPS = ["Down-1", "Down-2", "Down-3", "Down-4", "Up-1", "Up-2", "Up-3", "Out"]
-
-
-def genesis_table(n_class: int = 1) -> OrderedDict[str, list[int]]:
-    """State dict names and shapes of MrGiovanni/ModelsGenesis pytorch/unet3d.py ``UNet3D(n_class)``, by hand.
-
-    Written from the published architecture, not from the module under test: each ``LUConv`` is conv1 (3x3x3) + bn1
-    (ContBatchNorm3d, a _BatchNorm with running stats); ``UpTransition`` registers ``up_conv`` before ``ops``.
-    """
-    conv_blocks = {  # prefix -> (in, out)
-        "down_tr64.ops.0": (1, 32),
-        "down_tr64.ops.1": (32, 64),
-        "down_tr128.ops.0": (64, 64),
-        "down_tr128.ops.1": (64, 128),
-        "down_tr256.ops.0": (128, 128),
-        "down_tr256.ops.1": (128, 256),
-        "down_tr512.ops.0": (256, 256),
-        "down_tr512.ops.1": (256, 512),
-        "up_tr256.up_conv": (512, 512),
-        "up_tr256.ops.0": (768, 256),
-        "up_tr256.ops.1": (256, 256),
-        "up_tr128.up_conv": (256, 256),
-        "up_tr128.ops.0": (384, 128),
-        "up_tr128.ops.1": (128, 128),
-        "up_tr64.up_conv": (128, 128),
-        "up_tr64.ops.0": (192, 64),
-        "up_tr64.ops.1": (64, 64),
-    }
-    table: OrderedDict[str, list[int]] = OrderedDict()
-    for prefix, (cin, cout) in conv_blocks.items():
-        if prefix.endswith("up_conv"):  # ConvTranspose3d weight is (in, out, k, k, k)
-            table[f"{prefix}.weight"] = [cin, cout, 2, 2, 2]
-            table[f"{prefix}.bias"] = [cout]
-            continue
-        table[f"{prefix}.conv1.weight"] = [cout, cin, 3, 3, 3]
-        table[f"{prefix}.conv1.bias"] = [cout]
-        for buf in ("weight", "bias", "running_mean", "running_var"):
-            table[f"{prefix}.bn1.{buf}"] = [cout]
-        table[f"{prefix}.bn1.num_batches_tracked"] = []
-    table["out_tr.final_conv.weight"] = [n_class, 64, 1, 1, 1]
-    table["out_tr.final_conv.bias"] = [n_class]
-    return table
-
-
-def random_genesis_checkpoint(n_class: int = 1, seed: int = 0) -> dict:
-    """Shaped like Genesis_Chest_CT.pt: saved from nn.DataParallel ('module.' keys) with the optimizer state."""
-    g = torch.Generator().manual_seed(seed)
-    state = OrderedDict()
-    for name, shape in genesis_table(n_class).items():
-        if name.endswith("num_batches_tracked"):
-            state[f"module.{name}"] = torch.tensor(12345, dtype=torch.long)
-        elif name.endswith("running_var"):
-            state[f"module.{name}"] = torch.rand(shape, generator=g) + 0.5
-        else:
-            state[f"module.{name}"] = torch.randn(shape, generator=g)
-    optimizer = {"state": {0: {"momentum_buffer": torch.zeros(3)}}, "param_groups": [{"lr": 1.0, "momentum": 0.9,
-                                                                                   "nesterov": False, "params": [0]}]}
-    return {"state_dict": state, "optimizer_state_dict": optimizer, "epoch": 41}
 
 
 @pytest.fixture(scope="module")

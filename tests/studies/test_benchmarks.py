@@ -5,19 +5,14 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
-from pathlib import Path
 
+import pytest
 import torch
-from conftest import make_batches
+from authors_style import AuthorsStyleStep
+from small_nets import make_batches
 from torch import nn
 
 from monai_metalr import MetaLR, param_groups
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-from authors_style import AuthorsStyleStep
 
 LOSS = nn.CrossEntropyLoss()
 
@@ -54,6 +49,7 @@ def test_authors_style_step_updates_lrs_and_weights(net64):
     assert sum(changed) >= len(changed) - 2  # a conv bias before BatchNorm has no gradient
 
 
+@pytest.mark.slow
 def test_step_cost_script_writes_the_issue_json_shape(tmp_path, monkeypatch):
     import step_cost
 
@@ -74,6 +70,7 @@ def test_step_cost_script_writes_the_issue_json_shape(tmp_path, monkeypatch):
     assert result["device"].startswith("cpu: ")
 
 
+@pytest.mark.slow
 def test_step_cost_memory_child_process():
     import argparse
 
@@ -84,6 +81,7 @@ def test_step_cost_memory_child_process():
     assert 1.0 < plain < 4096.0  # MB above the built-model baseline: a real, positive measurement
 
 
+@pytest.mark.slow
 def test_meta_overhead_script_runs(tmp_path):
     import meta_overhead
 

@@ -10,13 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cuda_check
 import pytest
+from repo_paths import BENCHMARKS, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "cuda_check.sh"
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import cuda_check  # noqa: E402
+SCRIPT = BENCHMARKS / "cuda_check.sh"
 
 
 def _script(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
@@ -26,6 +24,7 @@ def _script(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_dry_run_checks_every_step_on_cpu(tmp_path):
     out = tmp_path / "out"
     proc = _script("--dry-run", str(out))
@@ -47,6 +46,7 @@ def test_dry_run_checks_every_step_on_cpu(tmp_path):
     assert "| trainer waits for a batch |" in (out / "cuda_check.md").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal without CUDA")
 def test_without_cuda_the_real_run_fails_loudly(tmp_path):
     proc = _script(str(tmp_path / "out"), timeout=120)

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-
+@pytest.mark.slow
 def test_hyper_lr_sensitivity_runs_on_the_real_ct_and_reports(tmp_path):
     import hyper_lr_sensitivity as hls
 

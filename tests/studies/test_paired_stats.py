@@ -3,15 +3,9 @@ interval and a hand-written percentile bootstrap) and the win / tie / loss verdi
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
-import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "studies"))
-
 import paired_stats as ps
+import pytest
 
 
 def _runs(strategy: str, values: dict[int, float], metric: str = "test_macro_f1") -> list[dict]:

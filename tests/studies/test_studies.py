@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-from pathlib import Path
-
-import numpy as np
-import pytest
-import torch
-
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
-sys.path.insert(0, str(STUDIES))
 
 import controlled_transfer as transfer
 import genesis_pretrain
 import liver_ct_tiles as tiles
 import liver_seg_3d
+import numpy as np
+import pytest
 import report
-from test_inv3 import write_inv3
+import torch
+from dataset_files import write_inv3
+from repo_paths import STUDIES
 
 from monai_metalr.data.demo_ct import find_demo_ct, read_mrc
 
@@ -82,6 +77,7 @@ def tiles_run(tmp_path_factory):
     return out, runs, args
 
 
+@pytest.mark.slow
 def test_tiles_study_end_to_end(tiles_run):
     out, runs, args = tiles_run
     records = [json.loads(line) for line in runs.read_text().splitlines()]
@@ -113,6 +109,7 @@ def _auc_by_ranks(score: np.ndarray, positive: np.ndarray) -> float:
     return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
 
 
+@pytest.mark.slow
 def test_equal_time_runs_get_metalr_s_wall_clock(tiles_run):
     out, runs, args = tiles_run
     records = tiles.read_records(runs)
@@ -132,6 +129,7 @@ def test_equal_time_runs_get_metalr_s_wall_clock(tiles_run):
         tiles.equal_time_epochs(records, "last_layer", 7, 12, 1)
 
 
+@pytest.mark.slow
 def test_report_tables_and_figures(tiles_run, tmp_path):
     out, _, _ = tiles_run
     path = report.main(["--tiles", str(out), "--out", str(tmp_path)])
@@ -152,6 +150,7 @@ def test_mean_std_is_the_sample_std():
     assert report.mean_std([3.0]) == (3.0, 0.0)
 
 
+@pytest.mark.slow
 def test_genesis_pretraining_then_bundle_fine_tuning(tmp_path):
     """Pre-train on a real CT written as an .inv3 project, then fine-tune with the bundle from those weights."""
     image, _ = find_demo_ct()
@@ -204,6 +203,7 @@ def test_controlled_transfer_targets_change_one_thing():
         transfer.make_target("rotate", data)
 
 
+@pytest.mark.slow
 def test_controlled_transfer_end_to_end_and_report(tmp_path):
     out = tmp_path / "transfer"
     args = ["--out", str(out), "--targets", "invert", "permute", "--strategies", "metalr", "last_layer",
