@@ -243,3 +243,75 @@ def test_run_all_calls_scripts_and_options_that_exist():
             source += (STUDIES / "liver_ct_tiles.py").read_text()
         for option in re.findall(r"(--\w+)", rest):
             assert f'"{option}"' in source, f"{path} has no option {option}"
+
+
+def _fake_mricron(folder: Path) -> Path:
+    """A small T1 + AAL pair in mricron's files: left/right cerebrum split by x, cerebellum low in z, along all y."""
+    import nibabel as nib
+
+    folder.mkdir(parents=True)
+    atlas = np.zeros((40, 240, 40), np.uint8)
+    atlas[4:20, 8:232, 16:36] = 1  # Precentral_L
+    atlas[20:36, 8:232, 16:36] = 2  # Precentral_R
+    atlas[10:30, 8:232, 4:14] = 3  # Cerebelum_6_L
+    t1 = (atlas * 50 + 20).astype(np.float32)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(t1, affine), str(folder / "ch2.nii.gz"))
+    nib.save(nib.Nifti1Image(atlas, affine), str(folder / "aal.nii.gz"))
+    (folder / "aal.nii.txt").write_text("1 Precentral_L 2001\n2 Precentral_R 2002\n3 Cerebelum_6_L 9001\n")
+    return folder
+
+
+def test_brain_study_volume_splits_and_dice():
+    import brain_mri_3d as brain
+
+    masks = brain.slab_masks(128)
+    assert sum(int(m.sum()) for m in masks.values()) == 128 and [int(m.sum()) for m in masks.values()] == [64, 16, 32, 16]
+    assert not (masks["train"] & masks["test"]).any() and not (masks["meta"] & masks["val"]).any()
+    labels = torch.zeros(4, 8, 4, dtype=torch.long)
+    labels[:2, :, :2] = 1
+    pred = labels.clone()
+    pred[:2, :4, :2] = 0  # half of class 1 missed
+    keep = torch.ones(8, dtype=torch.bool)
+    dice = brain.dice_per_class(pred, labels, keep, 3)
+    assert dice[0] == pytest.approx(2 * 8 / (8 + 16)) and np.isnan(dice[1])  # class 2 absent from both: nan
+    masked = brain.masked_labels(labels, masks["train"][:8])
+    assert (masked[:, ~masks["train"][:8]] == brain.IGNORE).all() and (masked[:, masks["train"][:8]] < 3).all()
+
+
+@pytest.mark.slow
+def test_brain_study_end_to_end_from_random_init(tmp_path):
+    """Two steps per run on a small fake Colin27; the deepbet init needs its weights (`make study-data`)."""
+    import brain_mri_3d as brain
+
+    mricron = _fake_mricron(tmp_path / "mricron")
+    image, labels, names = brain.prepare_volume(mricron)
+    assert tuple(image.shape) == (1, *brain.SHAPE) and tuple(labels.shape) == brain.SHAPE
+    assert names == ("background", "left_cerebrum", "right_cerebrum", "cerebellum")
+    assert set(labels.unique().tolist()) == {0, 1, 2, 3}
+    out = tmp_path / "brain"
+    args = ["--out", str(out), "--mricron", str(mricron), "--deepbet", str(tmp_path / "none"), "--inits", "random",
+            "--strategies", "metalr", "last_layer", "--seeds", "0", "--steps", "2", "--threads", "1"]
+    runs = brain.main(args)
+    records = [json.loads(line) for line in runs.read_text().splitlines()]
+    assert sorted(r["strategy"] for r in records) == ["last_layer", "metalr"]
+    for r in records:
+        assert set(r["test_dice"]) == {"left_cerebrum", "right_cerebrum", "cerebellum"}
+        assert 0 <= r["test_mean_dice"] <= 1
+    assert (out / "random" / "metalr_seed0" / "metalr_lr.csv").is_file()
+    text = report.main(["--brain3d", str(out), "--out", str(tmp_path / "report")]).read_text()
+    assert "| random | metalr | 1 |" in text and "no baseline shares two seeds" in text
+
+
+@pytest.mark.slow
+def test_kermany_bundle_study_on_the_real_x_rays(tmp_path):
+    """The chest X-ray bundle on the 16 real Kermany X-rays, one strategy, one epoch (when they are fetched)."""
+    from monai_metalr.data import is_fetched
+
+    if not is_fetched("kermany_val"):
+        pytest.skip("the Kermany X-rays are not fetched: run make study-data")
+    import kermany_bundle
+
+    runs = kermany_bundle.main(["--out", str(tmp_path / "k"), "--strategies", "all_layers", "--epochs", "1"])
+    (record,) = [json.loads(line) for line in runs.read_text().splitlines()]
+    assert record["strategy"] == "all_layers" and 0 <= record["test_accuracy"] <= 1 and "test_macro_f1" in record
