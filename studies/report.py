@@ -28,6 +28,15 @@ from monai_metalr.io import atomic_path
 
 # the learned-LR strategies; a "best baseline" is chosen among the others
 LEARNED = ("metalr",)
+# below this many paired seeds a bootstrap interval is too coarse to call (with 2 seeds it spans the two differences)
+MIN_VERDICT_SEEDS = 5
+
+
+def verdict_text(comparison: Any) -> str:
+    """``win`` / ``tie`` / ``loss``, or that verdict in brackets with a warning when it rests on too few seeds."""
+    if comparison.seeds >= MIN_VERDICT_SEEDS:
+        return comparison.verdict
+    return f"({comparison.verdict}: only {comparison.seeds} seeds)"
 
 HEADS = ("head", "Out")  # the output layer group of EfficientNet-Lite0 and of the 3D U-Net
 
@@ -77,7 +86,7 @@ def paired(runs: Sequence[Mapping[str, Any]], metric: str, reference: str = "met
             1 for r in runs if r["strategy"] == reference
             for b in runs if b["strategy"] == name and b["seed"] == r["seed"] and r[metric] > b[metric]
         )  # fmt: skip
-        rows.append([name, c.text(), c.verdict, f"{wins}/{c.seeds}"])
+        rows.append([name, c.text(), verdict_text(c), f"{wins}/{c.seeds}"])
     return rows
 
 
@@ -110,7 +119,7 @@ def verdicts(runs: Sequence[Mapping[str, Any]], metrics: Sequence[tuple[str, str
             except ValueError as e:  # no baseline, or fewer than two common seeds
                 rows.append([name, column, "-", "-", str(e)])
                 continue
-            rows.append([name, column, base, f"{c.text()} ({c.seeds} seeds)", c.verdict])
+            rows.append([name, column, base, f"{c.text()} ({c.seeds} seeds)", verdict_text(c)])
     header = ["strategy", "metric", "best baseline", "difference [95% CI], > 0 better", "verdict"]
     return table(header, rows) if rows else ""
 
@@ -303,7 +312,7 @@ def brain3d_report(folder: Path, out: Path) -> tuple[str, dict]:
                 c = compare(paired_runs, "test_mean_dice", "deepbet", "random")
             except ValueError:
                 continue
-            rows.append([name, c.text(), c.verdict])
+            rows.append([name, c.text(), verdict_text(c)])
         text.append("\nMedical pre-training: deepbet's weights minus random initialisation, same strategy and seeds "
                     "(mean Dice):\n\n")
         text.append(table(["strategy", "difference [95% CI]", "verdict"], rows))
