@@ -224,9 +224,10 @@ def train_one(strategy: str, seed: int, data: dict[str, Any], run_dir: Path, arg
         network=network, optimizer=optimizer, loss_function=strat.wrap_loss(nn.CrossEntropyLoss()),
         train_handlers=[*handlers, ValidationHandler(1, evaluator, epoch_level=True)],
     )
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.run()
-    seconds = time.perf_counter() - start
+    # CPU time too: with one torch thread it is the run's compute, unchanged when other jobs share the cores
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     strat.remove_hooks()
     network.load_state_dict(torch.load(saver.path, weights_only=True))
     probs = predict(network, data["test"][0])
@@ -234,7 +235,7 @@ def train_one(strategy: str, seed: int, data: dict[str, Any], run_dir: Path, arg
         "strategy": strategy + args.variant, "seed": seed, "n_train": len(y_train), "epochs": epochs,
         "hyper_lr": args.hyper_lr if strategy == "metalr" else None,
         "best_epoch": saver.best_epoch, "val_macro_f1": saver.best, "seconds": round(seconds, 1),
-        "best_model": str(saver.path),
+        "cpu_seconds": round(cpu_seconds, 1), "best_model": str(saver.path),
         **{f"test_{k}": v for k, v in scores(probs, data["test"][1]).items()},
     }
     with atomic_path(run_dir / "test_probs.pt") as tmp:
@@ -260,19 +261,22 @@ def done_runs(path: Path) -> set[tuple]:
 
 
 def equal_time_epochs(records: Sequence[dict[str, Any]], strategy: str, seed: int, n_train: int, epochs: int) -> int:
-    """Epochs that give ``strategy`` MetaLR's wall-clock budget on this seed: ``epochs`` scaled by MetaLR's time over
-    the strategy's own at the standard budget (both must have run; never fewer than ``epochs``).
+    """Epochs that give ``strategy`` MetaLR's compute budget on this seed: ``epochs`` scaled by MetaLR's time over
+    the strategy's own at the standard budget (both must have run; never fewer than ``epochs``). The time is the
+    runs' CPU time where both recorded it (unchanged by other jobs on the machine), else their wall-clock time.
 
     Raises:
         LookupError: the standard runs of MetaLR or of ``strategy`` for this seed are missing.
     """
-    def seconds(name: str) -> float:
+    def standard_run(name: str) -> dict[str, Any]:
         for r in records:
             if r["strategy"] == name and r["seed"] == seed and r["n_train"] == n_train and r["epochs"] == epochs:
-                return float(r["seconds"])
+                return r
         raise LookupError(f"equal-time runs need the standard {name} run of seed {seed} (n={n_train}) first")
 
-    return max(epochs, round(epochs * seconds("metalr") / max(seconds(strategy), 1e-9)))
+    metalr, other = standard_run("metalr"), standard_run(strategy)
+    key = "cpu_seconds" if "cpu_seconds" in metalr and "cpu_seconds" in other else "seconds"
+    return max(epochs, round(epochs * float(metalr[key]) / max(float(other[key]), 1e-9)))
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:

@@ -61,6 +61,12 @@ def fmt_optional(runs: Sequence[Mapping[str, Any]], key: str) -> str:
     return fmt(values) if values else "-"
 
 
+def mean_optional(runs: Sequence[Mapping[str, Any]], key: str) -> str:
+    """The mean of ``key`` to whole units over the runs that recorded it: ``-`` if none did."""
+    values = [r[key] for r in runs if key in r]
+    return f"{mean_std(values)[0]:.0f}" if values else "-"
+
+
 def by(runs: Sequence[Mapping[str, Any]], *keys: str) -> dict[tuple, list[Mapping[str, Any]]]:
     out: dict[tuple, list] = defaultdict(list)
     for r in runs:
@@ -156,9 +162,9 @@ def tiles_report(folder: Path, out: Path) -> tuple[str, dict]:
         rows.append([name, len(rs), fmt([r["test_accuracy"] for r in rs]), fmt([r["test_macro_f1"] for r in rs]),
                      fmt_optional(rs, "test_nll"), fmt_optional(rs, "test_auc"), fmt([r["test_ece"] for r in rs]),
                      f"{mean_std([r['epochs'] for r in rs])[0]:.0f}", f"{mean_std([r['best_epoch'] for r in rs])[0]:.1f}",
-                     f"{mean_std([r['seconds'] for r in rs])[0]:.0f}"])
+                     f"{mean_std([r['seconds'] for r in rs])[0]:.0f}", mean_optional(rs, "cpu_seconds")])
     text.append(table(["strategy", "seeds", "accuracy", "macro-F1", "NLL", "AUC", "ECE", "epochs", "best epoch",
-                       "train s"], rows))
+                       "train s", "CPU s"], rows))
     standard = [r for r in main if "=" not in r["strategy"] and "@" not in r["strategy"] and "+" not in r["strategy"]]
     text.append("\nSummary: MetaLR against the best baseline (standard budget, same seeds):\n\n")
     text.append(verdicts(standard))

@@ -119,7 +119,12 @@ def test_equal_time_runs_get_metalr_s_wall_clock(tiles_run):
     for seed, epochs in expected.items():  # MetaLR's time over last_layer's, times one epoch, rounded, at least 1
         metalr = next(r for r in records if r["strategy"] == "metalr" and r["seed"] == seed and r["n_train"] == 12)
         base = next(r for r in records if r["strategy"] == "last_layer" and r["seed"] == seed and r["n_train"] == 12)
-        assert epochs == max(1, round(metalr["seconds"] / base["seconds"]))
+        assert epochs == max(1, round(metalr["cpu_seconds"] / base["cpu_seconds"]))
+        assert 0 < metalr["cpu_seconds"] <= 2 * metalr["seconds"] + 1  # one torch thread: CPU time tracks the wall
+    old = [{k: v for k, v in r.items() if k != "cpu_seconds"} for r in records]  # records from before cpu_seconds
+    metalr = next(r for r in old if r["strategy"] == "metalr" and r["seed"] == 0 and r["n_train"] == 12)
+    base = next(r for r in old if r["strategy"] == "last_layer" and r["seed"] == 0 and r["n_train"] == 12)
+    assert tiles.equal_time_epochs(old, "last_layer", 0, 12, 1) == max(1, round(metalr["seconds"] / base["seconds"]))
     at_full_size = [a for a in args if a != "0.5"]  # the equal-time rows at the full training set only
     tiles.main([*at_full_size, "--equal_time"])
     timed = [r for r in tiles.read_records(runs) if r["strategy"] == "last_layer=time"]
