@@ -299,8 +299,9 @@ def plan_override(
             "monai_metalr.param_groups and add the handler yourself, see docs/bundle_integration.md)"
         )
     lr = f"@{optimizer_id}#lr" if "lr" in optimizer else "None"
+    imports = ["$import monai_metalr", "$import monai_metalr.bundle.run"]
     override: dict[str, Any] = {
-        ("+imports" if isinstance(bundle.get("imports"), list) else "imports"): ["$import monai_metalr"],
+        ("+imports" if isinstance(bundle.get("imports"), list) else "imports"): imports,
         f"{optimizer_id}#params": f"$monai_metalr.param_groups(@{network_id}, {lr})",
     }
     notes.append(
@@ -354,6 +355,19 @@ def plan_override(
     else:
         notes.append("outputs: the bundle has no 'output_dir': MetaLR writes no LR curves (set the handler's output_dir)")
     override[HANDLER_KEY] = handler
+    # built in `initialize`, so that its arguments are checked before the trainer's datasets are cached (MONAI builds
+    # a trainer's arguments in the order they are written, the training loader first); `run` reuses this instance.
+    # The root-cause hook repeats the real error as the last line, below MONAI's 'Failed to instantiate' traceback.
+    initialize = bundle.get("initialize")
+    if initialize is None or isinstance(initialize, list):
+        override["+initialize" if initialize is not None else "initialize"] = [
+            "$monai_metalr.bundle.run.install_root_cause_hook()", f"$@{HANDLER_KEY}",
+        ]
+        notes.append("arguments: MetaLR is built in 'initialize', so its settings are checked before the training "
+                     "data are cached; a failed run ends with its root cause as the last line")
+    else:
+        notes.append(f"arguments: 'initialize' is {initialize!r}, not a list: MetaLR's arguments are checked when the "
+                     "trainer is built, after its datasets")
 
     # the handler first, on every rank
     prepended = _prepend_handler(handlers_value)

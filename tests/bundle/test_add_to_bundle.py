@@ -48,7 +48,7 @@ def spleen(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_override_uses_only_merge_keys_monai_understands(spleen):
     override = json.loads((spleen / "configs" / "metalr.json").read_text())
-    assert override["+imports"] == ["$import monai_metalr"]
+    assert override["+imports"] == ["$import monai_metalr", "$import monai_metalr.bundle.run"]
     assert override["optimizer#params"] == "$monai_metalr.param_groups(@network, @optimizer#lr)"
     assert override["train#trainer#train_handlers"] == "$[@metalr] + list(@train#handlers)"
     multi = json.loads((spleen / "configs" / "metalr_multi_gpu.json").read_text())
@@ -60,7 +60,9 @@ def test_override_uses_only_merge_keys_monai_understands(spleen):
     # composed by MONAI's own parser: the bundle's optimizer type and LR, its imports, the handler first
     parser = ConfigParser(ConfigParser.load_config_files([str(spleen / f) for f in SINGLE]))
     parser["bundle_root"] = str(spleen)  # the loggers' folders: not the test's working directory
-    assert parser["imports"] == ["$import glob", "$import os", "$import ignite", "$import monai_metalr"]
+    assert parser["imports"] == [
+        "$import glob", "$import os", "$import ignite", "$import monai_metalr", "$import monai_metalr.bundle.run"
+    ]
     optimizer = parser.get_parsed_content("optimizer")
     assert type(optimizer).__name__ == "Novograd"
     assert [g["lr"] for g in optimizer.param_groups] == [0.002] * len(optimizer.param_groups) == [0.002] * 5
@@ -82,7 +84,8 @@ def test_meta_batches_are_training_crops_of_validation_cases(spleen):
 
 @pytest.mark.slow
 def test_spleen_like_bundle_trains_with_novograd_steplr_and_amp_key(spleen):
-    _ok(_run(spleen, SINGLE))
+    proc = _ok(_run(spleen, SINGLE))
+    assert "Loading dataset" in proc.stdout + proc.stderr  # the training CacheDataset shows its progress
     history, groups = read_lr_csv(spleen / "eval" / "metalr_lr.csv")
     assert groups == ["down1", "down2", "bottleneck", "up2", "out"]
     steps = len(history["step"])
@@ -92,6 +95,16 @@ def test_spleen_like_bundle_trains_with_novograd_steplr_and_amp_key(spleen):
     torch.testing.assert_close(history["lr"], scheduled * history["multiplier"], rtol=1e-6, atol=0)
     assert (history["multiplier"] != 1).all()
     assert (spleen / "models" / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_bad_arguments_are_refused_before_the_training_data_is_cached(spleen, tmp_path):
+    proc = _run(spleen, SINGLE, "--metalr#hyper_lr", "fast", "--bundle_root", str(tmp_path / "bad"))
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "monai_metalr: the run failed: ValueError: hyper_lr must be a number, got 'fast'"
+    )
+    assert "Loading dataset" not in proc.stdout + proc.stderr  # refused in initialize, before any cache is built
 
 
 @pytest.mark.slow
@@ -131,6 +144,17 @@ def test_endoscopic_like_bundle_flexibleunet_adam_cosine(tmp_path):
     # CosineAnnealingWarmRestarts (T_0 3, epoch-level): epoch 2 uses 1e-4 * (1 + cos(pi / 3)) / 2 times the multiplier
     scheduled = 1e-4 * (1 + torch.cos(torch.tensor(torch.pi / 3)).item()) / 2
     torch.testing.assert_close(history["lr"][-1], scheduled * history["multiplier"][-1], rtol=1e-6, atol=0)
+
+    # under torchrun with its multi-GPU config: every rank runs the meta step, rank 0 writes the curves. Each rank
+    # gets its own shard of the training and the validation (meta) cases: 4 + 4 images give batches of 2 on each
+    # (a batch of 1 cannot pass the network's BatchNorm at its 1 x 1 bottom)
+    root = write_endoscopic_like(tmp_path / "bundle8", tmp_path / "data8", n_images=8)
+    add_to_bundle(str(root))
+    proc = _ok(_run(root, MULTI, "--bundle_root", str(tmp_path / "multi"), "--train#dataset#data", "$@datalist[:-4]",
+                    "--validate#dataset#data", "$@datalist[-4:]", nproc=2))
+    history, multi_groups = read_lr_csv(tmp_path / "multi" / "eval" / "metalr_lr.csv")
+    assert multi_groups == groups and len(history["step"]) >= 2
+    assert "State values: metalr_lr_encoder" in proc.stderr + proc.stdout
 
 
 def _config(root: Path) -> dict:

@@ -76,11 +76,13 @@ def _trainer(amp: bool) -> dict:
     return trainer
 
 
-def _multi_gpu() -> dict:
-    """The zoo's multi-GPU overrides, on CPU with gloo."""
+def _multi_gpu(find_unused_parameters: bool = False) -> dict:
+    """The zoo's multi-GPU overrides, on CPU with gloo (``find_unused_parameters`` for a network with parameters its
+    forward never uses, as FlexibleUNet's EfficientNet encoder has)."""
+    network = {"_target_": "torch.nn.parallel.DistributedDataParallel", "module": "$@network_def.to(@device)"}
     return {
         "device": "$torch.device('cpu')",
-        "network": {"_target_": "torch.nn.parallel.DistributedDataParallel", "module": "$@network_def.to(@device)"},
+        "network": {**network, **({"find_unused_parameters": True} if find_unused_parameters else {})},
         "train#sampler": {"_target_": "DistributedSampler", "dataset": "@train#dataset", "even_divisible": True,
                           "shuffle": True},
         "train#dataloader#sampler": "@train#sampler",
@@ -227,4 +229,4 @@ def write_endoscopic_like(root: Path, data_dir: Path, n_images: int = 6, size: i
         "initialize": ["$monai.utils.set_determinism(seed=123)"],
         "run": ["$@train#trainer.run()"],
     }
-    return _write(root, train, _multi_gpu())
+    return _write(root, train, _multi_gpu(find_unused_parameters=True))
