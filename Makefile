@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA_SPEC ?= liver-ct-segmentation-package==1.6.0
 DEMO_STAMP := $(VENV)/.demo-data
 
-.PHONY: setup demo test test-fast study study-data clean
+.PHONY: setup demo test test-fast study study-data cuda-wheels clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -48,6 +48,12 @@ study: $(DEMO_STAMP)
 STUDY_DATA ?=
 study-data: $(STAMP)
 	$(PY) -m monai_metalr.data.downloads all $(if $(STUDY_DATA),--root $(STUDY_DATA))
+
+# the wheels benchmarks/cuda_check.sh needs on the lent GPU machine, which has no network (Python 3.12, x86-64):
+# monai, pytorch-ignite, nibabel, av and the demo CT, ~44 MiB in .cuda_wheels; then the device run tool with
+# carry ['.cuda_wheels'] and `bash benchmarks/cuda_check.sh --wheels .cuda_wheels` (docs/benchmarks.md, CUDA)
+cuda-wheels: $(STAMP)
+	PY=$(PY) DEMO_DATA_SPEC="$(DEMO_DATA_SPEC)" bash benchmarks/cuda_wheels.sh .cuda_wheels
 
 clean:
 	rm -rf demo_output .pytest_cache

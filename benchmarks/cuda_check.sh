@@ -3,20 +3,27 @@
 #
 #   benchmarks/cuda_check.sh [OUT_DIR]          # default OUT_DIR: cuda_check_output
 #   benchmarks/cuda_check.sh --dry-run [OUT_DIR] # on CPU, under a minute: every step exists and parses
+#   benchmarks/cuda_check.sh --wheels DIR [--dry-run] [OUT_DIR]  # first install DIR's wheels (make cuda-wheels)
 #
 # (a) the CUDA tests: no host sync in the meta step (set_sync_debug_mode("error")) with fused Adam, capturable
 #     AdamW and fused SGD, and inside an amp + GradScaler SupervisedTrainer with MetaLRHandler; a torch.compile'd
 #     network; the bundles' gpu data pipeline on the device (LiTS and the three 2D bundles);
 # (b) benchmarks/step_cost.py --device cuda --amp: ResNet-18 2D batch 32 at 224^2 and the 3D U-Net batch 2 at
 #     96x96x64; plain / MetaLR interval 1 / interval 4 / authors' style;
-# (c) one epoch of the LiTS bundle on the real demo CT with the gpu pipeline: data wait vs iteration time;
+# (c) one epoch of the LiTS bundle on the real demo CT with the gpu pipeline, 60 iterations (iterations_per_epoch):
+#     data wait vs iteration time;
 # (d) OUT_DIR/cuda_check.json (every figure) and OUT_DIR/cuda_check.md (the tables for docs/benchmarks.md).
 # Any failed, skipped or missing test, unexpected host sync, failed check or step over its time limit stops the
 # script with a non-zero exit and a line "cuda_check: FAILED ..." on stderr.
 #
-# Needs: $PY (default .venv/bin/python) with a CUDA build of torch, this package installed with its test extra
-# (pip install -e ".[test]") and the demo CT (pip install --no-deps liver-ct-segmentation-package==1.6.0, as
-# `make demo` does). MEMORY_JOBS (default 4) step_cost memory processes share the GPU at once.
+# Needs: $PY (default .venv/bin/python, else python3) with a CUDA build of torch, this package installed with its
+# test extra (pip install -e ".[test]") and the demo CT (pip install --no-deps liver-ct-segmentation-package==1.6.0,
+# as `make demo` does). MEMORY_JOBS (default 4) step_cost memory processes share the GPU at once.
+# --wheels DIR (the lent GPU machine: no network, no monai): pip installs exactly the wheels benchmarks/cuda_wheels.sh
+# lists from DIR, --no-index --no-deps, into $CUDA_SITE (default /tmp/cuda_site; $OUT_DIR/cuda_site with --dry-run),
+# and runs every step with PYTHONPATH=<repo>:$CUDA_SITE; the interpreter's own torch stays. It refuses a DIR that is
+# missing, lacks one of the wheels (named) or holds another. Without --wheels, ./.cuda_wheels is used the same way
+# when it exists and $PY cannot import monai. Relative paths are taken from the repository root.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,18 +32,59 @@ PY=${PY:-.venv/bin/python}
 
 DRY_RUN=0
 OUT=cuda_check_output
-for arg in "$@"; do
-    case "$arg" in
+WHEELS=
+while [[ $# -gt 0 ]]; do
+    case "$1" in
         --dry-run) DRY_RUN=1 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
-        -*) echo "cuda_check: unknown option $arg" >&2; exit 2 ;;
-        *) OUT=$arg ;;
+        --wheels)
+            [[ $# -ge 2 && -n "$2" ]] || { echo "cuda_check: --wheels needs a folder (make cuda-wheels writes .cuda_wheels)" >&2; exit 2; }
+            WHEELS=$2
+            shift ;;
+        --wheels=*) WHEELS=${1#--wheels=} ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -*) echo "cuda_check: unknown option $1" >&2; exit 2 ;;
+        *) OUT=$1 ;;
     esac
+    shift
 done
-mkdir -p "$OUT"
 
 STEP="setup"
 trap 'rc=$?; echo "cuda_check: FAILED in step \"$STEP\" (exit $rc); see the output above" >&2; exit $rc' ERR
+
+if [[ -z "$WHEELS" && -d .cuda_wheels ]] && ! "$PY" -c "import monai" 2> /dev/null; then
+    echo "cuda_check: $PY cannot import monai; using the wheels in .cuda_wheels"
+    WHEELS=.cuda_wheels
+fi
+if [[ -n "$WHEELS" ]]; then
+    # exactly one wheel of each listed distribution, and nothing else: a stray torch or numpy would shadow the image's
+    STEP="wheels"
+    if [[ ! -d "$WHEELS" ]]; then
+        echo "cuda_check: FAILED: no wheel folder $WHEELS (run make cuda-wheels here and carry .cuda_wheels)" >&2
+        exit 2
+    fi
+    mapfile -t WANTED < <(bash benchmarks/cuda_wheels.sh --names | tr 'A-Z.-' 'a-z__')
+    bad=0
+    for name in "${WANTED[@]}"; do
+        mapfile -t found < <(find "$WHEELS" -maxdepth 1 -iname "${name}-*.whl")
+        if [[ ${#found[@]} -eq 0 ]]; then
+            echo "cuda_check: FAILED: $WHEELS has no wheel of $name (run make cuda-wheels)" >&2
+            bad=1
+        elif [[ ${#found[@]} -gt 1 ]]; then
+            echo "cuda_check: FAILED: $WHEELS has ${#found[@]} wheels of $name: ${found[*]}" >&2
+            bad=1
+        fi
+    done
+    while IFS= read -r f; do
+        name=$(basename "$f")
+        name=$(echo "${name%%-*}" | tr 'A-Z.-' 'a-z__')
+        if ! printf '%s\n' "${WANTED[@]}" | grep -qx "$name"; then
+            echo "cuda_check: FAILED: $f is not a wheel this check installs (benchmarks/cuda_wheels.sh --names)" >&2
+            bad=1
+        fi
+    done < <(find "$WHEELS" -maxdepth 1 -name '*.whl')
+    [[ $bad -eq 0 ]] || exit 2
+fi
+mkdir -p "$OUT"
 
 # (a) every test must run and pass: pytest's ids, checked one by one below
 TESTS=(
@@ -82,6 +130,45 @@ run_step() {  # run_step NAME LIMIT_S COMMAND...
     fi
     echo "== cuda_check: $STEP done in $((SECONDS - start)) s"
 }
+
+if [[ -n "$WHEELS" ]]; then
+    if [[ $DRY_RUN -eq 1 ]]; then SITE=${CUDA_SITE:-$OUT/cuda_site}; else SITE=${CUDA_SITE:-/tmp/cuda_site}; fi
+    mkdir -p "$SITE"
+    SITE=$(cd "$SITE" && pwd)
+    run_step "install wheels" 60 "$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps \
+        --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl
+    export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+    # the wheels' packages come from SITE, torch from the interpreter, and the demo CT's files are found
+    STEP="wheels import"
+    "$PY" - "$SITE" <<'PYCHECK'
+import sys
+from pathlib import Path
+
+site = Path(sys.argv[1])
+import av, ignite, monai, nibabel, torch  # noqa: E401
+
+from monai_metalr.data.demo_ct import find_demo_ct
+
+for mod in (monai, ignite, nibabel, av):
+    where = Path(mod.__file__).resolve()
+    if site not in where.parents:
+        sys.exit(f"cuda_check: FAILED: {mod.__name__} was imported from {where}, not from {site}")
+if site in Path(torch.__file__).resolve().parents:
+    sys.exit(f"cuda_check: FAILED: torch came from {site}; the interpreter's own torch must be used")
+image, _ = find_demo_ct()
+if site not in image.resolve().parents:
+    sys.exit(f"cuda_check: FAILED: the demo CT {image} is not the one installed in {site}")
+print(f"cuda_check: wheels installed in {site}: monai {monai.__version__}, ignite {ignite.__version__}, "
+      f"nibabel {nibabel.__version__}, av {av.__version__}, demo CT {image.name}; torch {torch.__version__} "
+      f"from {Path(torch.__file__).parent}")
+PYCHECK
+fi
+STEP="imports"
+if ! "$PY" -c "import monai, ignite, nibabel" 2> /dev/null; then
+    echo "cuda_check: FAILED: $PY cannot import monai, ignite and nibabel; on a machine without them (the lent GPU)" \
+        "run make cuda-wheels where pip works, carry .cuda_wheels and pass --wheels .cuda_wheels" >&2
+    exit 2
+fi
 
 if [[ $DRY_RUN -eq 1 ]]; then
     STEP="syntax"

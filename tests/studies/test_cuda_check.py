@@ -1,6 +1,8 @@
 """``benchmarks/cuda_check.sh``, the one script that checks every CUDA claim on a lent GPU, stays runnable without one:
 its ``--dry-run`` (every test id collected, every option accepted, the bundle's gpu pipeline run on CPU, the report
-written) passes here, and its failures are loud."""
+written) passes here, and its failures are loud. ``--wheels DIR`` (the lent machine has no network and no monai)
+refuses a folder that is missing, lacks a wheel ``benchmarks/cuda_wheels.sh`` lists or holds another; with the
+wheels of ``make cuda-wheels`` present, the dry run installs them into a ``--target`` folder and runs from there."""
 
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ import pytest
 from repo_paths import BENCHMARKS, REPO
 
 SCRIPT = BENCHMARKS / "cuda_check.sh"
+WHEELS_SCRIPT = BENCHMARKS / "cuda_wheels.sh"
+WHEELS = REPO / ".cuda_wheels"  # make cuda-wheels (needs pip's network; absent in CI)
 
 
-def _script(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PY": sys.executable}
+def _script(*args: str, timeout: int = 180, **env_extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PY": sys.executable, **env_extra}
     return subprocess.run(
         ["bash", str(SCRIPT), *args], check=False, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
     )
@@ -102,3 +106,62 @@ def test_report_tables_give_each_mode_against_plain(tmp_path):
     assert "| unet3d | 2 x 1 x 96 x 96 x 64 | metalr_k1 | 210.0 | 2.10 | 1100 | 1.10 |" in md
     assert "| `test_cuda::test_b` | passed | 1.5 |" in md
     assert json.loads(paths["json"].read_text())["step_cost"] == cost
+
+
+def _wheel_names() -> list[str]:
+    proc = subprocess.run(["bash", str(WHEELS_SCRIPT), "--names"], check=True, capture_output=True, text=True)
+    return proc.stdout.split()
+
+
+def test_the_wheel_list_is_what_the_image_lacks_and_names_the_demo_ct():
+    from monai_metalr.data.demo_ct import DEMO_PACKAGE
+
+    names = _wheel_names()
+    assert names == ["monai", "pytorch-ignite", "nibabel", "av", DEMO_PACKAGE.split("==")[0]]
+    text = WHEELS_SCRIPT.read_text()
+    assert f"${{DEMO_DATA_SPEC:-{DEMO_PACKAGE}}}" in text  # the Makefile's DEMO_DATA_SPEC, same default
+    assert f"DEMO_DATA_SPEC ?= {DEMO_PACKAGE}" in (REPO / "Makefile").read_text()
+    assert "--python-version 3.12" in text and "--no-deps" in text and "--only-binary=:all:" in text
+    assert "/.cuda_wheels/" in (REPO / ".gitignore").read_text().split()
+
+
+def _fake_wheels(folder: Path, names: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / f"{name.replace('-', '_')}-1.0-py3-none-any.whl").write_bytes(b"")
+    return folder
+
+
+def test_wheels_refuses_a_missing_folder_a_missing_wheel_an_extra_or_a_second_version(tmp_path):
+    names = _wheel_names()
+    out = str(tmp_path / "out")
+    proc = _script("--wheels", str(tmp_path / "nowhere"), "--dry-run", out, timeout=30)
+    assert proc.returncode == 2 and "cuda_check: FAILED: no wheel folder" in proc.stderr
+    proc = _script("--dry-run", out, "--wheels", timeout=30)
+    assert proc.returncode == 2 and "--wheels needs a folder" in proc.stderr
+
+    lacking = _fake_wheels(tmp_path / "lacking", [n for n in names if n != "av"])
+    proc = _script(f"--wheels={lacking}", "--dry-run", out, timeout=30)
+    assert proc.returncode == 2 and "has no wheel of av" in proc.stderr, proc.stderr
+
+    extra = _fake_wheels(tmp_path / "extra", [*names, "torch"])
+    proc = _script("--wheels", str(extra), "--dry-run", out, timeout=30)
+    assert proc.returncode == 2 and "torch-1.0-py3-none-any.whl is not a wheel this check installs" in proc.stderr
+
+    two = _fake_wheels(tmp_path / "two", names)
+    (two / "monai-0.9-py3-none-any.whl").write_bytes(b"")
+    proc = _script("--wheels", str(two), "--dry-run", out, timeout=30)
+    assert proc.returncode == 2 and "has 2 wheels of monai" in proc.stderr
+    assert not (tmp_path / "out" / "cuda_site").exists()  # refused before anything was installed
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not WHEELS.is_dir(), reason="needs the wheels of `make cuda-wheels`")
+def test_dry_run_from_the_wheels_imports_them_from_the_target_folder(tmp_path):
+    out, site = tmp_path / "out", tmp_path / "site"
+    proc = _script("--wheels", str(WHEELS), "--dry-run", str(out), timeout=240, CUDA_SITE=str(site))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert f"cuda_check: wheels installed in {site}: monai " in proc.stdout
+    assert "demo CT img_117.mrc" in proc.stdout and "cuda_check --dry-run: OK" in proc.stdout
+    assert (site / "liver_ct_segmentation_package" / "data" / "img_117.mrc").is_file()
+    assert not (site / "torch").exists()
