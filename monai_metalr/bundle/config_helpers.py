@@ -23,6 +23,7 @@ import torch.distributed as dist
 __all__ = [
     "FREEZING_STRATEGIES",
     "ddp_find_unused_parameters",
+    "end_distributed",
     "init_distributed",
     "local_rank_device",
     "pocus_bundle_datalist",
@@ -106,6 +107,21 @@ def init_distributed(device: torch.device) -> None:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
         torch.cuda.set_device(device)
+
+
+def end_distributed() -> None:
+    """Leave the default process group at the end of a multi-GPU run: wait at a barrier until every rank is done,
+    then destroy it (nothing without one).
+
+    Rank 0 finishes later than the others (it writes the final checkpoint, the LR curves and their figure), so
+    without the barrier the ranks tear the group down at different times. One CI run of the LiTS bundle under
+    ``torchrun`` (gloo) ended with rank 1 aborted (SIGABRT) right after a finished training, turning it into a
+    failed run; the barrier makes the teardown start only when no rank has anything left to communicate, which is
+    when PyTorch says ``destroy_process_group`` belongs.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def quiet_other_ranks(*loggers: logging.Logger | str) -> None:

@@ -137,7 +137,9 @@ def test_best_model_saver_writes_only_improvements_and_restores_its_best(tmp_pat
     assert float(loaded.head.bias.detach()[0]) == 3.0
 
 
-EPOCHS, EPOCH_LENGTH = 2, 4
+# the kill is aimed at iteration EPOCH_LENGTH + 1 by polling the latest checkpoint: a long second epoch leaves the
+# poll and the kill room to land before its end on a loaded machine (with 4 iterations, 1 run in 4 went past it)
+EPOCHS, EPOCH_LENGTH = 2, 12
 
 
 def _latest_iteration(path) -> int:

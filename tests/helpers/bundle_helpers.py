@@ -26,8 +26,22 @@ def bundle_cli(
     cmd = bundle_command(bundle, command, configs, *args, nproc=nproc, **overrides)
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)}\nexit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)}\nexit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+            f"\nerror lines of the whole stderr:\n{error_lines(proc.stderr)}"
+        )
     return proc
+
+
+# what a dying process prints: Python's exception lines, a C++ abort's terminate/what(), a fatal signal
+_ERROR_MARKS = ("Error", "Exception", "terminate called", "what():", "Fatal", "Signal", "Aborted", "exitcode")
+
+
+def error_lines(text: str, limit: int = 40) -> str:
+    """The lines of ``text`` that say what failed (the first ``limit``): under ``torchrun`` the failing rank's own
+    message can sit far above the launcher's traceback that ends stderr, past any tail of it."""
+    lines = [line for line in text.splitlines() if any(mark in line for mark in _ERROR_MARKS)]
+    return "\n".join(lines[:limit])
 
 
 def bundle_command(
