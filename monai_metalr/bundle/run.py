@@ -7,6 +7,8 @@ and checks of settings that arrive from the command line.
   it. The hook prints that innermost cause again as the very last line; the exit code stays Python's 1.
 - :func:`check_output_dir`: an ``--output_dir`` that is a file (or under one) is refused naming it, instead of a
   ``FileExistsError`` from whichever writer meets it first.
+- :func:`lock_output_dir` / :func:`release_output_dir`: one live run per ``--output_dir``, taken first thing (before
+  any dataset is built or cached), and the temporaries of killed writes cleaned up while it is held.
 
 The size and spacing checks of the same settings are :func:`monai_metalr.values.as_size` and
 :func:`monai_metalr.values.check_pixdim`.
@@ -15,13 +17,16 @@ The size and spacing checks of the same settings are :func:`monai_metalr.values.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sys
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["check_output_dir", "install_root_cause_hook", "root_cause_text"]
+__all__ = ["check_output_dir", "install_root_cause_hook", "lock_output_dir", "release_output_dir", "root_cause_text"]
+
+logger = logging.getLogger("monai_metalr")
 
 # the module `python -m monai.bundle` runs as; torchrun starts its workers with `-m monai.bundle` too
 _BUNDLE_MAIN = "monai.bundle.__main__"
@@ -52,11 +57,16 @@ def root_cause_text(exc: BaseException) -> str:
     """``"<type>: <message>"`` of the innermost explicit cause (``raise ... from err``) of ``exc``, on one line.
 
     MONAI's config evaluation and ``Compose`` wrap errors with ``from``, so this is the error of the reader or
-    check that failed. An error re-raised by a DataLoader worker is looked into too.
+    check that failed. A cause whose text the error quotes is not descended into: the error says more (e.g.
+    ``cannot write <file>: No space left on device (ENOSPC) ([Errno 28] No space left on device)``, raised from the
+    bare ``OSError``). An error re-raised by a DataLoader worker is looked into too.
     """
     seen: set[int] = set()
     while exc.__cause__ is not None and id(exc) not in seen:
         seen.add(id(exc))
+        cause = str(exc.__cause__).strip()
+        if len(cause) >= 12 and cause in str(exc):  # this error quotes its cause and adds to it (e.g. the file)
+            break
         exc = exc.__cause__
     message = str(exc)
     inner = _innermost_in_worker_text(message)
@@ -117,6 +127,52 @@ def check_output_dir(output_dir: str | os.PathLike) -> str:
     if not os.access(path, os.W_OK | os.X_OK):
         raise ValueError(f"{path}: output_dir is not writable by this user")
     return os.fspath(output_dir)
+
+
+# output folders this process locked in a bundle's initialize: real path -> lock
+_LOCKED: dict[str, Any] = {}
+
+
+def lock_output_dir(output_dir: str | os.PathLike, what: str = "training run", main_process: bool | None = None) -> str:
+    """Lock ``output_dir`` for this run (a :class:`~monai_metalr.io.FolderLock`), then remove the temporaries that
+    killed writes left in it and its sub-folders (:func:`~monai_metalr.io.remove_stale_temporaries`); return it.
+
+    The bundles call it in their ``initialize``, right after :func:`check_output_dir`: before any dataset is listed,
+    loaded or cached, so a second run into a folder that a live run holds is refused at once (naming the holder's pid
+    and command), not after minutes of caching. The lock is the kernel's (``flock``): it goes with the process
+    however it ends, SIGKILL included, so it is never left stuck. It is held until :func:`release_output_dir` (the
+    bundles' ``finalize``) or the end of the process. The temporaries are removed only because this process now holds
+    the folder: no live run is writing them.
+
+    Args:
+        output_dir: the run's folder (created if missing).
+        what: what this run is (``"training run"``, ``"evaluation run"``, ``"inference run"``), for the message that
+            another run gets.
+        main_process: whether this process locks (``False`` on the other ranks of a multi-GPU run, which write
+            nothing); ``None``: rank 0 of ``torchrun`` (its ``RANK``), or a run without ``torchrun``.
+
+    Raises:
+        FolderInUseError: another live process holds ``output_dir``.
+    """
+    from ..io import FolderLock, remove_stale_temporaries
+
+    if main_process is None:
+        main_process = os.environ.get("RANK", "0").strip() in ("", "0")
+    if not main_process:
+        return os.fspath(output_dir)
+    key = os.path.realpath(output_dir)
+    if key not in _LOCKED:
+        _LOCKED[key] = FolderLock(output_dir, what=what).acquire()
+        for path in remove_stale_temporaries(output_dir):
+            logger.info(f"removed {path}, the temporary of a write that was interrupted")
+    return os.fspath(output_dir)
+
+
+def release_output_dir(output_dir: str | os.PathLike) -> None:
+    """Give up the lock :func:`lock_output_dir` took on ``output_dir`` (nothing if it holds none)."""
+    lock = _LOCKED.pop(os.path.realpath(output_dir), None)
+    if lock is not None:
+        lock.release()
 
 
 def __getattr__(name: str):

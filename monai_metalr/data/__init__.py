@@ -9,6 +9,8 @@
 - :class:`LoadVolumed`: ``LoadImaged`` whose read errors name the file and that checks the gzip CRC-32 of ``.nii.gz``
   files as it reads their voxels (:class:`~monai_metalr.data.checks.CheckedNibabelReader`).
 - :class:`CheckSegmentationd`: image/label shape, affine, label values and finite voxels, after loading.
+- :class:`AtomicSaveImaged`: MONAI's ``SaveImaged`` writing each prediction atomically; a full disk is an ``OSError``
+  naming the file and the errno.
 - :data:`LITS_LABELS`, :func:`label_classes` / :func:`label_map`: the classes of a ``label_mode``.
 - :func:`make_dataset`: memory (``CacheDataset``), disk (``PersistentDataset``) or no caching, by one key.
 - :func:`make_loader`, :data:`PIPELINES`: the ``pipeline`` key of every bundle, ``"cpu"`` (host transforms,
@@ -69,6 +71,7 @@ from .nrrd_header import NRRD_READER, NrrdHeader, check_nrrd_pair, read_nrrd_hea
 from .pipelines import PIPELINES, check_pipeline, make_loader
 from .pocus import POCUS_CLASSES, folds_to_datalist, pocus_classes, pocus_datalist, pocus_folds_pickle
 from .pyradiomics_cases import PYRADIOMICS_CASES, check_label_values, pyradiomics_datalist
+from .saving import AtomicSaveImaged
 from .splits import pocus_split, split_cases, split_classification
 from .video import VIDEO_EXTENSIONS, read_video_frames, video_frame_info
 
@@ -98,6 +101,7 @@ __all__ = [
     "PYRADIOMICS_CASES",
     "SOURCES",
     "VIDEO_EXTENSIONS",
+    "AtomicSaveImaged",
     "CheckSegmentationd",
     "Colin27",
     "FetchError",

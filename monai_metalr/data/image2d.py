@@ -83,35 +83,53 @@ def read_frame(path: str | os.PathLike, frame: int = -1) -> np.ndarray:
 
     Args:
         path: the file.
-        frame: frame index for videos and multi-frame DICOM (``-1``: the first / the only one).
+        frame: frame index for videos and multi-frame DICOM (``-1``: the first / the only one). ``-1`` also marks a
+            still image, which must not be blank; a frame of a video (a fade to black) may be, and so may an image
+            file given with its video's frame index (the POCUS frame folder's PNGs).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: a file that is empty or cannot be decoded; an image file holding several images (a multi-page
             TIFF, an animated PNG); a frame smaller than 2 x 2 pixels, of another shape than ``[H, W]`` /
-            ``[H, W, 3]``, or with NaN or infinite values. The message names the file.
+            ``[H, W, 3]``, or with NaN or infinite values; a still image (``frame`` -1: an image file, a
+            single-frame DICOM) that is blank, every pixel one value. The message names the file.
         IndexError: ``frame`` is beyond the last frame of a video or multi-frame DICOM (the message names the file).
         RuntimeError: compressed DICOM without an installed decoder (see :func:`read_dicom_frame`).
     """
     path = Path(path)
     index = max(int(frame), 0)
     suffix = path.suffix.lower()
+    # a blank still is refused; a blank frame of a video or cine loop (a fade, a frame between views) is not
+    still = int(frame) < 0
     if suffix in VIDEO_EXTENSIONS:
-        array = read_video_frames(path, [index])[0].astype(np.float32)
-    elif is_dicom(path):
-        array = read_dicom_frame(path, index).astype(np.float32)
-    else:
-        array = _read_image(path)
-    return _checked(path, array)
+        return _checked(path, read_video_frames(path, [index])[0].astype(np.float32))
+    if is_dicom(path):
+        return _checked(path, read_dicom_frame(path, index).astype(np.float32), still)
+    return _checked(path, _read_image(path), still)
 
 
-def _checked(path: Path, array: np.ndarray) -> np.ndarray:
-    """``array`` (one decoded frame of ``path``) checked: 2D grey or RGB, at least 2 x 2 pixels, finite."""
+def blank_value(array: np.ndarray) -> float | None:
+    """The one value of every pixel of ``array`` (all channels) if it is blank, else ``None``."""
+    if array.size == 0:
+        return None
+    lo, hi = float(array.min()), float(array.max())
+    return lo if lo == hi else None
+
+
+def _checked(path: Path, array: np.ndarray, still: bool = False) -> np.ndarray:
+    """``array`` (one decoded frame of ``path``) checked: 2D grey or RGB, at least 2 x 2 pixels, finite; with
+    ``still`` (a file that is one image) not blank either."""
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 3)):
         raise ValueError(f"{path}: expected a 2D grey or RGB image, got an array of shape {array.shape}")
     check_image_size(path, array.shape[0], array.shape[1])
     if not np.isfinite(array).all():
         raise ValueError(f"{path}: image has {int((~np.isfinite(array)).sum())} NaN or infinite pixels")
+    value = blank_value(array) if still else None
+    if value is not None:
+        raise ValueError(
+            f"{path}: blank image: all {array.shape[1]} x {array.shape[0]} pixels are {value:g}, nothing to classify "
+            "(an export, a conversion or a scan that failed)"
+        )
     return array
 
 

@@ -163,7 +163,9 @@ class ResumableCheckpoint:
     One live run per folder: with ``save=True``, :meth:`attach` takes a :class:`~monai_metalr.io.FolderLock` on
     ``save_dir`` (``fcntl.flock``, dropped by the kernel when the process dies, SIGKILL included) and keeps it
     until training completes or the process ends; another live process attaching to the same folder gets
-    :class:`~monai_metalr.io.FolderInUseError` naming the holder's pid and command.
+    :class:`~monai_metalr.io.FolderInUseError` naming the holder's pid and command. The bundles take the same lock
+    earlier, first thing in their ``initialize`` (:func:`monai_metalr.bundle.run.lock_output_dir`, before any dataset
+    is built); a second hold within one process is shared, so this one then adds nothing.
 
     Args:
         save_dir: folder of the checkpoint files.
@@ -294,8 +296,8 @@ class ResumableCheckpoint:
 
     def _remove_stale_temporaries(self) -> None:
         """A kill during an atomic write leaves ``.<name>.<random>.tmp*`` beside its target (a checkpoint, model.pt,
-        the LR curves, split.json, ...); the target itself is intact. Removed from ``save_dir`` while this process
-        holds the folder's lock, so no live run of it is writing them."""
+        the LR curves, split.json, ...); the target itself is intact. Removed from ``save_dir`` and its sub-folders
+        while this process holds the folder's lock, so no live run of it is writing them."""
         if not self.save or not self.save_dir.is_dir():
             return
         if self.folder_lock is not None and self.folder_lock.held:

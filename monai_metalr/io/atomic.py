@@ -8,9 +8,9 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePath
 
-__all__ = ["atomic_path", "remove_stale_temporaries"]
+__all__ = ["atomic_path", "is_temporary_name", "remove_stale_temporaries"]
 
 
 def _umask() -> int:
@@ -19,27 +19,57 @@ def _umask() -> int:
     return mask
 
 
-# mkstemp's names: the prefix, 8 characters of tempfile's alphabet, the suffix (".tmp" + the target's ending)
-_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp[^/]*$")
+# mkstemp's random part of a temporary's name: 8 characters of tempfile's alphabet
+_RANDOM = re.compile(r"[a-z0-9_]{8}")
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporaries that :func:`atomic_path` leaves when its process is killed mid-write
-    (``.<target name>.<8 random characters>.tmp<ending>``) directly in ``folder``; return them.
+def is_temporary_name(name: str) -> bool:
+    """Whether ``name`` is the name of a temporary that :func:`atomic_path` makes, and nothing else.
+
+    Those names are ``.<target>.<8 random characters><suffix>`` (``tempfile.mkstemp`` with the prefix
+    ``.<target>.``), where the suffix is ``.tmp`` plus the target's last suffix by default
+    (``.model.pt.k3j_x9qa.tmp.pt``, ``.LICENSE.k3j_x9qa.tmp``) or the ``suffix`` given to :func:`atomic_path`, which is
+    the target's own ending (``.volume-0_seg.nii.gz.k3j_x9qa.nii.gz``: writers that pick the format from the name).
+    """
+    if not name.startswith(".") or len(name) < 11:
+        return False
+    for i in range(2, len(name) - 8):  # name[1:i] is the target (not empty), name[i] the dot before the random part
+        if name[i] != "." or not _RANDOM.fullmatch(name[i + 1 : i + 9]):
+            continue
+        target, ending = name[1:i], name[i + 9 :]
+        if ending == ".tmp" + PurePath(target).suffix:
+            return True
+        if len(ending) > 1 and ending.startswith(".") and len(target) > len(ending) and target.endswith(ending):
+            return True
+    return False
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Delete the temporaries that :func:`atomic_path` leaves when its process is killed mid-write (the names of
+    :func:`is_temporary_name`: ``.<target name>.<8 random characters>.tmp<ending>``, or ``<ending>`` alone for a
+    custom suffix) in ``folder`` and, with ``recursive``, in its sub-folders (``frames/``, ``predictions/``, ...;
+    symbolic links to folders are not followed); return them.
 
     The targets themselves are intact (the rename never happened). Only call it while no other process writes into
-    ``folder`` (a training run holds the folder's :class:`FolderLock` when it does this): a live writer's temporary
-    would go too, and its rename would then fail.
+    ``folder``, i.e. while this process holds the folder's :class:`~monai_metalr.io.FolderLock` (the bundles take it
+    first thing in their ``initialize``, then call this): a live writer's temporary would go too, and its rename
+    would then fail.
     """
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    for path in sorted(folder.iterdir()):
-        if _TEMPORARY.match(path.name) and path.is_file() and not path.is_symlink():
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed.append(path)
+    if recursive:
+        walk = ((Path(top), names) for top, _, names in os.walk(folder, followlinks=False))
+    else:
+        walk = iter([(folder, [p.name for p in folder.iterdir()])])
+    for top, names in walk:
+        for name in sorted(names):
+            path = top / name
+            if is_temporary_name(name) and path.is_file() and not path.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
     return removed
 
 
@@ -114,8 +144,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 
     Args:
         path: the file to write.
-        suffix: the temporary file's ending, for writers that pick the format from it (e.g. ``".nii.gz"``);
-            default ``".tmp"`` plus the target's last suffix.
+        suffix: the temporary file's ending, for writers that pick the format from it: the target's own ending
+            (e.g. ``".nii.gz"``), so that :func:`remove_stale_temporaries` recognises a temporary that a killed write
+            left; default ``".tmp"`` plus the target's last suffix.
     """
     target = Path(path)
     try:

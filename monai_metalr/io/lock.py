@@ -66,12 +66,16 @@ class FolderLock:
     def path(self) -> Path:
         return self.folder / LOCK_NAME
 
-    def _holder(self) -> str:
+    def _holder(self) -> tuple[str, str]:
+        """``(what holds it, who)``: the holder's own ``what`` (e.g. ``"inference run"``; this lock's when the file
+        does not say) and its pid, host, start time and command line."""
         try:
             info = json.loads(self.path.read_text(encoding="utf-8"))
-            return f"pid {info['pid']} on {info['host']}, started {info['started']}: {info['command']}"
-        except (OSError, ValueError, KeyError, TypeError):
-            return "holder unknown"
+            who = f"pid {info['pid']} on {info['host']}, started {info['started']}: {info['command']}"
+            what = info.get("what")
+            return (what if isinstance(what, str) and what else self.what), who
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return self.what, "holder unknown"
 
     def acquire(self) -> FolderLock:
         """Take the lock; returns ``self``.
@@ -99,13 +103,15 @@ class FolderLock:
             os.close(fd)
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise OSError(f"{self.path}: cannot lock the folder ({e})") from e
+            what, who = self._holder()
             raise FolderInUseError(
-                f"{self.folder}: another {self.what} is using this folder ({self._holder()}). Two runs in one "
+                f"{self.folder}: another {what} is using this folder ({who}). Two runs in one "
                 "output_dir would resume from each other's checkpoints and mix their outputs: wait for it to "
                 "finish or stop it, or give this run another output_dir"
             ) from None
         info = {
             "pid": os.getpid(),
+            "what": self.what,
             "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": " ".join(sys.argv)[:500],

@@ -28,6 +28,8 @@ import torch
 from bad_files import (
     assert_names,
     bit_flip_nii_gz,
+    blank,
+    blank_dicom,
     cut,
     cut_data_nii,
     cut_data_nii_gz,
@@ -339,6 +341,7 @@ def test_a_checkpoint_of_another_width_is_refused_not_loaded_as_counters(tmp_pat
 # name -> (file name, writer, pattern, readers that must reject it)
 ALL_2D = {"check", "read_frame", "LoadFramed", "merge_masks"}
 IMAGES = ALL_2D - {"merge_masks"}  # merge_masks reads PNG masks of any size
+DECODERS = {"read_frame", "LoadFramed"}  # the readers that decode the pixels
 IMAGE_BAD: dict[str, tuple[str, Callable[[Path], Path], str, set[str]]] = {
     "zero-byte-png": ("a.png", lambda p: put(p, b""), r"empty file|cannot|identify", ALL_2D),
     "truncated-png": ("a.png", png_cut, r"truncated", ALL_2D),
@@ -360,6 +363,13 @@ IMAGE_BAD: dict[str, tuple[str, Callable[[Path], Path], str, set[str]]] = {
     "symlink-loop-png": ("a.png", symlink_loop, r"symbolic link loop|Too many levels of symbolic links", ALL_2D),
     # passes the cheap checks (chunk CRCs are valid): only decoding finds it, see the on_error='skip' tests below
     "zlib-damaged-png": ("a.png", zlib_damaged_png, r"cannot (be read as an image|read the mask)", ALL_2D - {"check"}),
+    # one value everywhere: a failed export or scan, nothing to classify (found when decoded, like the NaN TIFF)
+    "blank-black-png": ("a.png", blank, r"blank image: all 16 x 16 pixels are 0\b", DECODERS),
+    "blank-white-jpeg": ("a.jpg", lambda p: blank(p, 255), r"blank image: .*pixels are 255", DECODERS),
+    # after the rescale to [0, 255]
+    "blank-16-bit-png": ("a.png", lambda p: blank(p, 4000, np.uint16), r"blank image: .*pixels are 255", DECODERS),
+    "blank-float-tiff": ("a.tif", lambda p: blank(p, 7.5, np.float32, mode="F"), r"blank image: .*are 7.5", DECODERS),
+    "blank-dicom": ("a.dcm", blank_dicom, r"blank image: all 16 x 16 pixels", DECODERS),
 }
 
 
@@ -379,10 +389,11 @@ def test_2d_image_readers(tmp_path: Path, kind: str, reader: str) -> None:
 
 def test_2d_images_that_are_fine(tmp_path: Path) -> None:
     """Wrong-looking but usable: alpha, CMYK, bilevel, 16-bit; converted, never read as something else."""
-    rgba = img(tmp_path / "rgba.png", np.full((SIZE, SIZE, 4), 200, np.uint8))
+    ramp = np.arange(SIZE * SIZE, dtype=np.uint8).reshape(SIZE, SIZE) % 8  # not blank (that is refused)
+    rgba = img(tmp_path / "rgba.png", np.dstack([ramp + 200] * 3 + [np.full((SIZE, SIZE), 200, np.uint8)]))
     assert tuple(load2d(rgba)["image"].shape) == (3, SIZE, SIZE)
     cmyk = tmp_path / "cmyk.jpg"
-    Image.new("CMYK", (SIZE, SIZE), (0, 0, 0, 0)).save(cmyk)
+    Image.fromarray(np.dstack([ramp, ramp, ramp, np.zeros_like(ramp)]), "CMYK").save(cmyk)
     out = load2d(cmyk)["image"]
     assert tuple(out.shape) == (3, SIZE, SIZE) and float(out.min()) > 240  # CMYK white, not black
     bilevel = tmp_path / "bilevel.png"
@@ -602,6 +613,7 @@ POCUS_BAD: dict[str, tuple[str, Callable[[Path], Path], str]] = {
     "one-pixel-png": ("pocus_images/convex/Cov-bad.png", lambda p: img(p, np.zeros((1, 1), np.uint8)), r"1 x 1"),
     "animated-png": ("pocus_images/convex/Cov-bad.png", stack, r"3 frames"),
     "truncated-jpeg": ("pocus_images/convex/Cov-bad.jpg", jpeg_cut, r"cannot be read as an image.*truncated"),
+    "blank-png": ("pocus_images/convex/Cov-bad.png", blank, r"blank image: all 16 x 16 pixels are 0"),
 }
 
 
@@ -921,6 +933,41 @@ def test_busi_zlib_damaged_png_passes_the_datalist_and_is_skipped_when_loaded(
         assert len(kept) == 5 and str(bad) not in [i["image"] for i in kept.data]
         assert any(bad.name in w and "broken data stream" in w for w in skip_warnings(caplog))
         assert any("val: skipped 1 of 6 item(s)" in w for w in skip_warnings(caplog))
+
+
+def test_blank_stills_pass_the_datalists_and_are_refused_or_skipped_when_loaded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A still of one value everywhere (black, white) trained as a BUSI image: now refused when it is loaded, naming
+    the file; on_error='skip' leaves it out, counted, and the inference list leaves it out with its reason. A blank
+    frame of a video (a fade) is no error."""
+    from monai_metalr.data import make_dataset
+
+    root = tiny_busi(tmp_path / "Dataset_BUSI_with_GT")
+    bad = blank(root / "malignant" / "malignant (2).png", 255)
+    assert str(bad) in [i["image"] for i in busi_datalist(root)]  # the datalist reads headers only
+    parser = bundle_parser(BUSI_BUNDLE, "train.json", dataset_dir=str(root), output_dir=str(tmp_path / "out"),
+                           **CLS_TINY)
+    transform = parser.get_parsed_content("validate#preprocessing")
+    items = busi_datalist(root)
+    assert_names(lambda: make_dataset(items, transform), bad, r"blank image: all 16 x 16 pixels are 255")
+    with caplog.at_level(logging.WARNING, logger="monai_metalr"):
+        kept = make_dataset(items, transform, cache="memory", on_error="skip", name="train")
+    assert len(kept) == 5 and str(bad) not in [i["image"] for i in kept.data]
+    assert any(bad.name in w and "blank image" in w for w in skip_warnings(caplog))
+    assert any("train: skipped 1 of 6 item(s)" in w for w in skip_warnings(caplog))
+    # inference: the blank still listed with its reason; the clip of one-colour frames (a fade) is classified
+    new = tmp_path / "new"
+    still, clip = blank(new / "black.png"), mp4(new / "fade.mp4", n=4)
+    assert read_frame(clip, 2).std() == 0  # a blank frame: read, not refused
+    report = tmp_path / "not_predicted.csv"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monai_metalr"):
+        listed = classification_inference_list(new, on_error="skip", report_file=report)
+    assert {i["source"] for i in listed} == {str(clip)}
+    reasons = {row["file"]: row["reason"] for row in _read_csv(report)}
+    assert "blank image: all 16 x 16 pixels are 0" in reasons[str(still)]
+    assert any("skipped 1 of 2 file(s)" in w for w in skip_warnings(caplog))
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

@@ -59,7 +59,10 @@ def write_gif(path: Path, n: int, duration: int | None = 100) -> Path:
 
 def write_image(path: Path, mode: str = "RGB") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, (SIZE, SIZE), 120 if mode == "L" else (120, 60, 30)).save(path)
+    # not blank (a still of one value is refused): a ramp across the rows
+    ramp = np.linspace(90, 150, SIZE, dtype=np.float32)[:, None].repeat(SIZE, 1)
+    array = ramp if mode == "L" else np.dstack([ramp, ramp / 2, ramp / 4])
+    Image.fromarray(array.astype(np.uint8), mode).save(path)
     return path
 
 

@@ -1,12 +1,16 @@
 """Broken, truncated and odd files, made the way downloads and exports break them (zero bytes, cut short, one flipped
-bit, garbage or text under the right name, bad headers, wrong dimensions, NaN voxels, symbolic link loops), from the
-real files of ``dataset_files.py``; and the checks that a reader names the file and says what is wrong."""
+bit, garbage or text under the right name, bad headers, wrong dimensions, NaN voxels, blank images, symbolic link
+loops), from the real files of ``dataset_files.py``; and the checks that a reader names the file and says what is
+wrong."""
 
 from __future__ import annotations
 
 import logging
 import re
+import signal
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +54,56 @@ def symlink_loop(path: Path) -> Path:
         path.unlink()
     path.symlink_to(path.name)
     return path
+
+
+# the temporaries that killed atomic writes leave
+
+KILLED_WRITE = """
+import importlib.util, os, signal, sys
+spec = importlib.util.spec_from_file_location("atomic", sys.argv[1])
+atomic = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(atomic)
+with atomic.atomic_path(sys.argv[2], suffix=sys.argv[3] or None) as tmp:
+    tmp.write_bytes(b"half a file")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def killed_write(target: Path, suffix: str | None = None) -> Path:
+    """The temporary that a process SIGKILLed inside ``atomic_path(target, suffix)`` leaves (only the stdlib module is
+    loaded: no torch import)."""
+    from monai_metalr.io import atomic
+
+    before = set(target.parent.iterdir()) if target.parent.is_dir() else set()
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITE, atomic.__file__, str(target), suffix or ""])
+    assert proc.returncode == -signal.SIGKILL
+    (left,) = set(target.parent.iterdir()) - before
+    return left
+
+
+def stale_tree(out: Path) -> tuple[list[Path], list[Path]]:
+    """A run folder after killed writes: ``(temporaries atomic_path left, look-alikes that it never makes)``."""
+    stale = [
+        killed_write(out / "checkpoint_latest.pt"),
+        killed_write(out / "split.json"),
+        killed_write(out / "LICENSE"),  # no ending: ".LICENSE.<random>.tmp"
+        killed_write(out / "frames" / "convex" / "Cov-clip.mp4-1a2b" / "frame_000003.png"),
+        killed_write(out / "predictions" / "volume-3_seg.nii.gz", suffix=".nii.gz"),  # a custom suffix
+    ]
+    elsewhere = out.parent / "elsewhere"
+    linked = killed_write(elsewhere / "model.pt")
+    (out / "linked").symlink_to(elsewhere)  # a link to a folder outside: never followed
+    keep = [
+        put(out / ".notes.txt", b"mine"),
+        put(out / ".model.pt.ABCDEFGH.tmp.pt", b"upper case: not mkstemp's"),
+        put(out / "model.pt.abcdefgh.tmp.pt", b"not hidden"),
+        put(out / ".model.pt.abcdefg.tmp.pt", b"7 random characters"),
+        put(out / ".model.pt.abcdefgh.tmpx", b"another ending"),
+        put(out / "predictions" / ".volume-3_seg.nii.gz.abcdefgh.nii", b"not the target's ending"),
+        put(out / "predictions" / "volume-3_seg.nii.gz", b"a finished prediction"),
+        linked,
+    ]
+    return stale, keep
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -175,6 +229,18 @@ def stack(path: Path, n: int = 3) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(path, save_all=True, append_images=frames[1:])
     return path
+
+
+def blank(path: Path, value: float = 0, dtype: type = np.uint8, shape: tuple[int, int] = (SIZE, SIZE), **kw) -> Path:
+    """An image of one value everywhere (a failed export or scan: black, white, one grey), 16 x 16 by default."""
+    return img(path, np.full(shape, value, dtype), **kw)
+
+
+def blank_dicom(path: Path, value: int = 0) -> Path:
+    """A single-frame 16 x 16 DICOM of one value everywhere."""
+    from dataset_files import dcm
+
+    return dcm(path, np.full((SIZE, SIZE), value, np.uint16))
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
