@@ -99,15 +99,31 @@ def final_multipliers(csv: Path, tail: float = 0.1) -> dict[str, float]:
 
 
 def source_model(data: dict[str, Any], out: Path, args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    """The source network (fine-tuned once on the unchanged tiles, seed 0; reused when ``out`` already has it)."""
-    path = out / "source" / "source_model.pt"
-    if not path.exists():
-        record = tiles.train_one("all_layers", 0, data, out / "source", args)
-        with atomic_path(out / "source" / "source.json") as tmp:
+    """The source network: fine-tuned once (``all_layers``, seed 0, ``args.source_epochs`` epochs) on the unchanged
+    tiles; reused when ``out`` already has it.
+
+    Raises:
+        ValueError: ``out`` holds a source model trained for another number of epochs (named with the file): the
+            targets would silently start from another model than the one asked for.
+    """
+    path, info = out / "source" / "source_model.pt", out / "source" / "source.json"
+    if path.exists():
+        trained = json.loads(info.read_text()).get("epochs") if info.exists() else None
+        if trained != args.source_epochs:
+            raise ValueError(
+                f"{info}: the source model in {path.parent} was trained for {trained} epochs, not --source_epochs "
+                f"{args.source_epochs}; use another --out (or the same --source_epochs) so that the runs in "
+                f"{out / 'runs.jsonl'} all start from one source"
+            )
+    else:
+        source_args = copy.copy(args)
+        source_args.epochs = args.source_epochs
+        record = tiles.train_one("all_layers", 0, data, out / "source", source_args)
+        with atomic_path(info) as tmp:
             tmp.write_text(json.dumps(record, indent=2) + "\n")
         with atomic_path(path) as tmp:
             torch.save(torch.load(record["best_model"], weights_only=True), tmp)
-        print(f"source model: test macro-F1 {record['test_macro_f1']:.3f}", flush=True)
+        print(f"source model ({args.source_epochs} epochs): test macro-F1 {record['test_macro_f1']:.3f}", flush=True)
     return torch.load(path, weights_only=True)
 
 
@@ -118,7 +134,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--source_epochs", type=int, default=20,
+                        help="epochs of the source model's fine-tuning (default: study (a)'s schedule)")
     args = parser.parse_args(argv)
+    if args.source_epochs < 1:
+        parser.error(f"--source_epochs must be at least 1, got {args.source_epochs}")
     args.variant = ""
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -26,7 +26,7 @@ transfer_and_3d() {
     # (d) the chest X-ray bundle end to end on 16 real Kermany X-rays (the files read, train and evaluate)
     $PY studies/kermany_bundle.py --out "$OUT/kermany"
     # (c) controlled transfer: one source model, targets that change only the appearance or only the labels
-    $PY studies/controlled_transfer.py --out "$OUT/transfer" --threads 1 --epochs 10 --seeds 0 1
+    $PY studies/controlled_transfer.py --out "$OUT/transfer" --threads 1 --epochs 10 --seeds 0 1 2
     # (b) 3D: Models-Genesis-style pre-training on the head CT of invesalius-examples, then liver segmentation
     if [ ! -f "$OUT/invesalius/usr/share/doc/invesalius-examples/examples/Cranium.inv3" ]; then
         (mkdir -p "$OUT/invesalius" && cd "$OUT/invesalius" && apt-get download invesalius-examples \

@@ -212,8 +212,10 @@ def test_controlled_transfer_targets_change_one_thing():
 def test_controlled_transfer_end_to_end_and_report(tmp_path):
     out = tmp_path / "transfer"
     args = ["--out", str(out), "--targets", "invert", "permute", "--strategies", "metalr", "last_layer",
-            "--seeds", "0", "1", "--epochs", "1", "--train_per_class", "4", "--val_per_class", "4", "--batch_size", "4"]
+            "--seeds", "0", "1", "--epochs", "1", "--train_per_class", "4", "--val_per_class", "4", "--batch_size", "4",
+            "--source_epochs", "2"]
     runs = transfer.main(args)
+    assert json.loads((out / "source" / "source.json").read_text())["epochs"] == 2
     records = tiles.read_records(runs)
     assert sorted((r["target"], r["strategy"], r["seed"]) for r in records) == [
         (t, s, seed) for t in ("invert", "permute") for s in ("last_layer", "metalr") for seed in (0, 1)]
@@ -226,6 +228,10 @@ def test_controlled_transfer_end_to_end_and_report(tmp_path):
         else:  # last_layer trains the head only: every other weight is the source model's
             tuned = torch.load(r["best_model"], weights_only=True)
             assert all(torch.equal(tuned[k], v) for k, v in source.items() if not k.startswith("_fc."))
+    # the same folder with another source schedule is refused, naming the record, before anything trains
+    with pytest.raises(ValueError, match=r"source\.json: the source model .* trained for 2 epochs, not --source_epochs 3"):
+        transfer.main([*args[:-1], "3"])
+    assert len(tiles.read_records(runs)) == len(records)
     path = report.main(["--transfer", str(out), "--out", str(tmp_path / "report")])
     text = path.read_text()
     assert "**invert** (the early layers should adapt)" in text and "**permute** (the head layers should adapt)" in text
