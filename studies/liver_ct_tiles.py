@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from equal_compute import SUFFIX as EQUAL_TIME
+from equal_compute import budget_epochs
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -274,9 +276,7 @@ def equal_time_epochs(records: Sequence[dict[str, Any]], strategy: str, seed: in
                 return r
         raise LookupError(f"equal-time runs need the standard {name} run of seed {seed} (n={n_train}) first")
 
-    metalr, other = standard_run("metalr"), standard_run(strategy)
-    key = "cpu_seconds" if "cpu_seconds" in metalr and "cpu_seconds" in other else "seconds"
-    return max(epochs, round(epochs * float(metalr[key]) / max(float(other[key]), 1e-9)))
+    return budget_epochs(standard_run("metalr"), standard_run(strategy), epochs, "cpu_seconds", "seconds")
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
@@ -340,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             for strategy in args.strategies:
                 if args.equal_time and strategy == "metalr":
                     continue  # the budget is MetaLR's own
-                variant = args.variant + ("=time" if args.equal_time else "")
+                variant = args.variant + (EQUAL_TIME if args.equal_time else "")
                 if (strategy + variant, seed, len(index)) in done_runs(runs):
                     continue
                 epochs = (

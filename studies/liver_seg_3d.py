@@ -8,9 +8,12 @@ weights) shows what the pre-training is worth. The split is the one docs/results
 val slab 0, test slab 2): ``meta_fraction=0``, so MetaLR's meta batches come from the val slab that also chooses
 the best model (a separate meta slab would leave one of the 4 for training; ``make demo`` cuts 5). Results are
 appended to ``<out>/runs.jsonl`` (resumable); each run's folder keeps the bundle's outputs (``metrics.csv``,
-``model.pt``, ``metalr_lr.csv``/``.png``, logs).
+``model.pt``, ``metalr_lr.csv``/``.png``, logs). Each record keeps the training run's wall-clock and CPU seconds
+(the bundle process and its workers); ``--equal_time`` runs each baseline again for MetaLR's time on that seed.
 
     python studies/liver_seg_3d.py --pretrained study_output/genesis/genesis_unet3d.pt --out study_output/seg3d
+    python studies/liver_seg_3d.py --pretrained study_output/genesis/genesis_unet3d.pt --out study_output/seg3d \
+        --equal_time --strategies all_layers l2sp
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -26,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from equal_compute import SUFFIX as EQUAL_TIME
+from equal_compute import budget_epochs
 
 from monai_metalr.analysis.transferability import lr_transferability_correlation, transferability
 from monai_metalr.data.demo_ct import write_demo_lits
@@ -48,14 +54,33 @@ def read_metrics(path: Path) -> dict[str, float]:
     return {r[0]: float(r[1]) for r in rows if len(r) >= 2}
 
 
-def run_bundle(cmd: list[str], log: Path, threads: int) -> None:
+def run_bundle(cmd: list[str], log: Path, threads: int) -> float:
+    """Run one bundle command into ``log``; returns the CPU seconds it (and every process it started) used."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
         done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)
     if done.returncode:
         raise RuntimeError(f"bundle run failed (exit {done.returncode}); see {log}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def equal_time_epochs(records: Sequence[dict[str, Any]], strategy: str, seed: int, epochs: int) -> int:
+    """Epochs that give ``strategy`` MetaLR's training time on this seed (:func:`equal_compute.budget_epochs`).
+
+    Raises:
+        LookupError: the standard runs of MetaLR or of ``strategy`` for this seed are missing.
+    """
+    def standard_run(name: str) -> dict[str, Any]:
+        for r in records:
+            if r["strategy"] == name and r["seed"] == seed and r["epochs"] == epochs:
+                return r
+        raise LookupError(f"equal-time runs need the standard {name} run of seed {seed} ({epochs} epochs) first")
+
+    return budget_epochs(standard_run("metalr"), standard_run(strategy), epochs, "train_cpu_seconds", "train_seconds")
 
 
 def genesis_state(path: Path, fresh: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -64,8 +89,9 @@ def genesis_state(path: Path, fresh: dict[str, torch.Tensor]) -> dict[str, torch
     return {k: saved[k] if k in saved and saved[k].shape == v.shape else v for k, v in fresh.items()}
 
 
-def one_run(strategy: str, seed: int, args: argparse.Namespace, data: Path, split: Path, out: Path) -> dict:
-    run_dir = out / f"{strategy}_seed{seed}"
+def one_run(strategy: str, seed: int, args: argparse.Namespace, data: Path, split: Path, out: Path,
+            epochs: int, variant: str = "") -> dict:
+    run_dir = out / f"{strategy}{variant}_seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     name = "all_layers" if strategy == SCRATCH else strategy
     overrides = {
@@ -78,14 +104,14 @@ def one_run(strategy: str, seed: int, args: argparse.Namespace, data: Path, spli
     }
     bundle = find_bundle()
     start = time.perf_counter()
-    run_bundle(bundle_command(bundle, ["train.json"], epochs=str(args.epochs), **overrides), run_dir / "run.log",
-               args.threads)
+    cpu_seconds = run_bundle(bundle_command(bundle, ["train.json"], epochs=str(epochs), **overrides),
+                             run_dir / "run.log", args.threads)
     seconds = time.perf_counter() - start
     run_bundle(bundle_command(bundle, ["train.json", "evaluate.json"], **overrides), run_dir / "run.log", args.threads)
     metrics = read_metrics(run_dir / "metrics.csv")
-    record: dict[str, Any] = {"strategy": strategy, "seed": seed, "epochs": args.epochs,
+    record: dict[str, Any] = {"strategy": strategy + variant, "seed": seed, "epochs": epochs,
                               "iterations_per_epoch": args.iterations_per_epoch, "train_seconds": round(seconds, 1),
-                              **metrics}
+                              "train_cpu_seconds": round(cpu_seconds, 1), **metrics}
     if strategy == "metalr":
         torch.manual_seed(seed)
         random_init = UNet3D(1, 3, base_channels=8).state_dict()
@@ -109,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--iterations_per_epoch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of the bundle runs (0: default)")
+    parser.add_argument("--equal_time", action="store_true",
+                        help="baselines get MetaLR's training time (more epochs, from the two standard runs of the "
+                        "same seed), recorded as '<strategy>=time'")
     args = parser.parse_args(argv)
     if not Path(args.pretrained).is_file():
         parser.error(f"--pretrained {args.pretrained}: no such file (run studies/genesis_pretrain.py first)")
@@ -119,18 +148,23 @@ def main(argv: Sequence[str] | None = None) -> Path:
     runs = out / "runs.jsonl"
     for seed in args.seeds:
         for strategy in args.strategies:
+            if args.equal_time and strategy == "metalr":
+                continue  # the budget is MetaLR's own
+            variant = EQUAL_TIME if args.equal_time else ""
             done = [json.loads(line) for line in runs.read_text().splitlines()] if runs.exists() else []
-            if any(r["strategy"] == strategy and r["seed"] == seed for r in done):
+            if any(r["strategy"] == strategy + variant and r["seed"] == seed for r in done):
                 continue
             if not split.exists():  # the split follows the bundle's seed: fix it with seed 0 for every run
                 from monai_metalr.data import lits_datalist, split_cases
 
                 split_cases(lits_datalist(data), split, seed=0, meta_fraction=META_FRACTION)
-            record = one_run(strategy, seed, args, data, split, out)
+            epochs = equal_time_epochs(done, strategy, seed, args.epochs) if args.equal_time else args.epochs
+            record = one_run(strategy, seed, args, data, split, out, epochs, variant)
             with atomic_path(runs) as tmp:
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in [*done, record]))
             dice = {k: round(v, 3) for k, v in record.items() if k.endswith("_dice")}
-            print(f"{strategy:14s} seed {seed}: {dice} ({record['train_seconds']:.0f} s)", flush=True)
+            print(f"{record['strategy']:14s} seed {seed}: {dice} ({epochs} epochs, {record['train_seconds']:.0f} s)",
+                  flush=True)
     return runs
 
 

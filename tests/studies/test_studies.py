@@ -6,6 +6,7 @@ import json
 import re
 
 import controlled_transfer as transfer
+import equal_compute
 import genesis_pretrain
 import liver_ct_tiles as tiles
 import liver_seg_3d
@@ -186,6 +187,29 @@ def test_genesis_pretraining_then_bundle_fine_tuning(tmp_path):
         source = fresh if k.startswith("out_tr.final_conv") else saved  # the 3-class output cannot come from Genesis
         assert torch.equal(start[k], source[k]), k
     assert not torch.equal(saved["down_tr64.ops.0.conv1.weight"], fresh["down_tr64.ops.0.conv1.weight"])
+
+    # equal compute: the baseline's standard run, then its run for MetaLR's CPU time on that seed
+    base = ["--pretrained", str(weights), "--out", str(tmp_path / "seg"), "--strategies", "metalr", "last_layer",
+            "--seeds", "0", "--epochs", "1", "--iterations_per_epoch", "1"]
+    liver_seg_3d.main(base)
+    liver_seg_3d.main([*base, "--equal_time"])
+    records = {r["strategy"]: r for r in map(json.loads, runs.read_text().splitlines())}
+    assert set(records) == {"metalr", "last_layer", "last_layer=time"}  # MetaLR has no equal-time run
+    metalr, last = records["metalr"], records["last_layer"]
+    # the bundle's own process did the training: its CPU time is positive and, on one thread, near its wall time
+    assert 0 < metalr["train_cpu_seconds"] <= 2 * metalr["train_seconds"] + 1
+    assert records["last_layer=time"]["epochs"] == max(1, round(metalr["train_cpu_seconds"] / last["train_cpu_seconds"]))
+    assert (tmp_path / "seg" / "last_layer=time_seed0" / "metrics.csv").is_file()
+    with pytest.raises(LookupError, match="standard metalr run of seed 3"):
+        liver_seg_3d.equal_time_epochs(list(records.values()), "last_layer", 3, 1)
+
+
+def test_equal_compute_prefers_cpu_time_and_never_shortens():
+    metalr = {"cpu": 90.0, "wall": 200.0}
+    assert equal_compute.budget_epochs(metalr, {"cpu": 30.0, "wall": 50.0}, 20, "cpu", "wall") == 60  # 20 * 90/30
+    # a record without CPU time (an older run): both fall back to wall-clock time, 20 * 200/50
+    assert equal_compute.budget_epochs(metalr, {"wall": 50.0}, 20, "cpu", "wall") == 80
+    assert equal_compute.budget_epochs(metalr, {"cpu": 120.0, "wall": 50.0}, 20, "cpu", "wall") == 20  # slower
 
 
 def test_controlled_transfer_targets_change_one_thing():
