@@ -4,7 +4,7 @@
 
 Writes ``report.md`` (the tables that docs/results.md quotes), ``report.json`` and, where the runs exist,
 ``tiles_lr_curves.png`` (MetaLR's learned LRs, mean over seeds), ``tiles_data_efficiency.png`` and
-``tiles_transferability.png``.
+``tiles_transferability.png`` and ``seg3d_lr_curves.png``.
 """
 
 from __future__ import annotations
@@ -130,6 +130,19 @@ def verdicts(runs: Sequence[Mapping[str, Any]], metrics: Sequence[tuple[str, str
     return table(header, rows) if rows else ""
 
 
+def budget_summaries(runs: Sequence[Mapping[str, Any]],
+                     metrics: Sequence[tuple[str, str, bool]] = VERDICT_METRICS) -> str:
+    """The summary tables of a task: MetaLR against the best baseline at the standard budget (variants such as
+    ``metalr@0`` and the controls left out), then, where they ran, against the baselines trained for MetaLR's time."""
+    standard = [r for r in runs if "=" not in r["strategy"] and "@" not in r["strategy"] and "+" not in r["strategy"]]
+    text = ["\nSummary: MetaLR against the best baseline (standard budget, same seeds):\n\n", verdicts(standard, metrics)]
+    equal = [r for r in runs if r["strategy"] in LEARNED or r["strategy"].endswith("=time")]
+    if any(r["strategy"].endswith("=time") for r in equal):
+        text.append("\nSummary at equal compute: the baselines trained for MetaLR's time (more epochs):\n\n")
+        text.append(verdicts(equal, metrics))
+    return "".join(text)
+
+
 def rank_correlations(meta: Sequence[Mapping[str, Any]]) -> str:
     """Spearman(mean learned LR, T) per seed, over all groups and without the head (a freshly initialised layer:
     its T compares two random draws, and in the 2D study its LR starts 10x higher, so it alone can drive the
@@ -165,13 +178,7 @@ def tiles_report(folder: Path, out: Path) -> tuple[str, dict]:
                      f"{mean_std([r['seconds'] for r in rs])[0]:.0f}", mean_optional(rs, "cpu_seconds")])
     text.append(table(["strategy", "seeds", "accuracy", "macro-F1", "NLL", "AUC", "ECE", "epochs", "best epoch",
                        "train s", "CPU s"], rows))
-    standard = [r for r in main if "=" not in r["strategy"] and "@" not in r["strategy"] and "+" not in r["strategy"]]
-    text.append("\nSummary: MetaLR against the best baseline (standard budget, same seeds):\n\n")
-    text.append(verdicts(standard))
-    equal = [r for r in main if r["strategy"] in LEARNED or r["strategy"].endswith("=time")]
-    if any(r["strategy"].endswith("=time") for r in equal):
-        text.append("\nSummary at equal wall-clock: every baseline trained for MetaLR's time (more epochs):\n\n")
-        text.append(verdicts(equal))
+    text.append(budget_summaries(main))
     text.append("\nMetaLR minus each baseline, same seeds (macro-F1), with bootstrap 95% intervals:\n\n")
     text.append(table(["baseline", "difference [95% CI]", "verdict", "MetaLR better"], paired(main, "test_macro_f1")))
     summary: dict[str, Any] = {"full": {r[0]: r[1:] for r in rows}}
@@ -216,11 +223,11 @@ def seg3d_report(folder: Path, out: Path) -> tuple[str, dict]:
     rows = []
     for (name,), rs in sorted(by(runs, "strategy").items(), key=lambda kv: -mean_std([r["test_liver_dice"] for r in kv[1]])[0]):
         rows.append([name, len(rs), fmt([r["test_liver_dice"] for r in rs]), fmt([r["test_tumour_dice"] for r in rs]),
-                     f"{mean_std([r['train_seconds'] for r in rs])[0]:.0f}"])
+                     f"{mean_std([r['epochs'] for r in rs])[0]:.0f}", f"{mean_std([r['train_seconds'] for r in rs])[0]:.0f}",
+                     mean_optional(rs, "train_cpu_seconds")])
     text = ["### 3D: self-supervised U-Net fine-tuned for liver segmentation\n",
-            table(["strategy", "seeds", "liver Dice", "tumour Dice", "train s"], rows),
-            "\nSummary: MetaLR against the best baseline (same seeds):\n\n",
-            verdicts(runs, (("test_liver_dice", "liver Dice", True), ("test_tumour_dice", "tumour Dice", True))),
+            table(["strategy", "seeds", "liver Dice", "tumour Dice", "epochs", "train s", "CPU s"], rows),
+            budget_summaries(runs, (("test_liver_dice", "liver Dice", True), ("test_tumour_dice", "tumour Dice", True))),
             "\nMetaLR minus each baseline, same seeds (liver Dice), with bootstrap 95% intervals:\n\n",
             table(["baseline", "difference [95% CI]", "verdict", "MetaLR better"], paired(runs, "test_liver_dice"))]
     meta = [r for r in runs if r["strategy"] == "metalr" and "lr_vs_t" in r]

@@ -35,6 +35,8 @@ transfer_and_3d() {
     $PY studies/genesis_pretrain.py --ct "$OUT/invesalius/usr/share/doc/invesalius-examples/examples/Cranium.inv3" \
         --out "$OUT/genesis" --threads 1
     $PY studies/liver_seg_3d.py --pretrained "$OUT/genesis/genesis_unet3d.pt" --out "$OUT/seg3d" --threads 1
+    $PY studies/liver_seg_3d.py --pretrained "$OUT/genesis/genesis_unet3d.pt" --out "$OUT/seg3d" --threads 1 \
+        --equal_time  # every baseline again with MetaLR's training time
     # (e) real medical pre-training in 3D: deepbet's brain-extraction U-Net on Colin27's hemispheres (MRI)
     $PY studies/brain_mri_3d.py --out "$OUT/brain3d" --threads 1
 }

@@ -202,6 +202,9 @@ def test_genesis_pretraining_then_bundle_fine_tuning(tmp_path):
     assert (tmp_path / "seg" / "last_layer=time_seed0" / "metrics.csv").is_file()
     with pytest.raises(LookupError, match="standard metalr run of seed 3"):
         liver_seg_3d.equal_time_epochs(list(records.values()), "last_layer", 3, 1)
+    text = report.main(["--seg3d", str(tmp_path / "seg"), "--out", str(tmp_path / "report")]).read_text()
+    assert "| last_layer=time | 1 |" in text and "Summary at equal compute" in text
+    assert (tmp_path / "report" / "seg3d_lr_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_equal_compute_prefers_cpu_time_and_never_shortens():
@@ -210,6 +213,32 @@ def test_equal_compute_prefers_cpu_time_and_never_shortens():
     # a record without CPU time (an older run): both fall back to wall-clock time, 20 * 200/50
     assert equal_compute.budget_epochs(metalr, {"wall": 50.0}, 20, "cpu", "wall") == 80
     assert equal_compute.budget_epochs(metalr, {"cpu": 120.0, "wall": 50.0}, 20, "cpu", "wall") == 20  # slower
+
+
+def test_seg3d_report_splits_standard_and_equal_compute(tmp_path):
+    liver = {"metalr": [0.70, 0.72, 0.68, 0.71, 0.69], "all_layers": [0.60, 0.66, 0.64, 0.61, 0.65],
+             "all_layers=time": [0.75, 0.74, 0.76, 0.70, 0.73], "last_layer": [0.10, 0.05, 0.08, 0.12, 0.09]}
+    epochs = {"metalr": 16, "all_layers": 16, "all_layers=time": 27, "last_layer": 16}
+    records = [{"strategy": name, "seed": seed, "epochs": epochs[name], "train_seconds": 40.0 + seed,
+                "train_cpu_seconds": 38.0, "test_liver_dice": dice, "test_tumour_dice": dice / 2}
+               for name, values in liver.items() for seed, dice in enumerate(values)]
+    folder = tmp_path / "seg3d"
+    folder.mkdir()
+    (folder / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = report.main(["--seg3d", str(folder), "--out", str(tmp_path / "report")]).read_text()
+    # mean ± sample std by hand, the epochs and the times as recorded
+    assert f"| all_layers=time | 5 | {np.mean(liver['all_layers=time']):.3f} ± " \
+           f"{np.std(liver['all_layers=time'], ddof=1):.3f} |" in text
+    assert "| 27 | 42 | 38 |" in text
+    standard, equal = text.split("Summary at equal compute")
+    standard = standard.split("Summary: MetaLR against the best baseline")[1]
+    # at the standard budget the best baseline is all_layers (the =time rows are left out); at equal compute it is
+    # all_layers=time, and the mean same-seed difference is the one computed here
+    gain = np.mean(np.subtract(liver["metalr"], liver["all_layers"]))
+    assert f"| metalr | liver Dice | all_layers | {gain:+.3f} [" in standard and "=time" not in standard
+    loss = np.mean(np.subtract(liver["metalr"], liver["all_layers=time"]))
+    row = next(line for line in equal.splitlines() if line.startswith("| metalr | liver Dice |"))
+    assert row.startswith(f"| metalr | liver Dice | all_layers=time | {loss:+.3f} [") and row.endswith("| loss |")
 
 
 def test_controlled_transfer_targets_change_one_thing():
