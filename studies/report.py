@@ -3,7 +3,7 @@
     python studies/report.py --tiles study_output/tiles --seg3d study_output/seg3d --out study_output/report
 
 Writes ``report.md`` (the tables that docs/results.md quotes), ``report.json`` and, where the runs exist,
-``tiles_lr_curves.png`` (MetaLR's learned LRs, mean over seeds), ``tiles_data_efficiency.png`` and
+``tiles_lr_curves.png`` (MetaLR's learned LRs, mean over seeds), ``tiles_data_efficiency.png``,
 ``tiles_transferability.png`` and ``seg3d_lr_curves.png``.
 """
 
