@@ -44,6 +44,9 @@ from monai_metalr.strategies import STRATEGIES
 # 16 epochs over 8 layer groups: one bi-directional stage per epoch covers both sweeps; LP-FT probes a quarter
 STRATEGY_KWARGS: dict[str, dict[str, Any]] = {"bidirectional": {"epochs_per_stage": 1}, "lpft": {"probe_epochs": 4}}
 SCRATCH = "scratch"
+# T is kept for MetaLR, and for one LR everywhere: a T that the learned LRs did not shape (a group whose LR MetaLR
+# raised moves further, which alone lowers its T in MetaLR's own run)
+TRANSFERABILITY_OF = ("metalr", "all_layers")
 # docs/results.md's protocol: no separate meta split (4 slabs: 2 train, val, test); the meta batches are the val slab
 META_FRACTION = 0.0
 
@@ -112,17 +115,35 @@ def one_run(strategy: str, seed: int, args: argparse.Namespace, data: Path, spli
     record: dict[str, Any] = {"strategy": strategy + variant, "seed": seed, "epochs": epochs,
                               "iterations_per_epoch": args.iterations_per_epoch, "train_seconds": round(seconds, 1),
                               "train_cpu_seconds": round(cpu_seconds, 1), **metrics}
+    if strategy in TRANSFERABILITY_OF and not variant:  # the standard runs, which the report pairs by seed
+        record["transferability"] = group_transferability(run_dir, seed, Path(args.pretrained))
     if strategy == "metalr":
-        torch.manual_seed(seed)
-        random_init = UNet3D(1, 3, base_channels=8).state_dict()
-        pretrained = genesis_state(Path(args.pretrained), random_init)
-        finetuned = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
-        # the output layer starts fresh (3 classes vs Genesis's 1 channel): it is the head, left out of the mean
-        t = transferability(random_init, pretrained, finetuned, layer_groups(UNet3D(1, 3, base_channels=8)),
-                            exclude=("Out",))
-        record["transferability"] = t
-        record["lr_vs_t"] = lr_transferability_correlation(run_dir / "metalr_lr.csv", t)
+        record["lr_vs_t"] = lr_transferability_correlation(run_dir / "metalr_lr.csv", record["transferability"])
     return record
+
+
+def group_transferability(run_dir: Path, seed: int, pretrained: Path) -> dict[str, float]:
+    """T of every layer group of the run's best model (:func:`~monai_metalr.analysis.transferability`)."""
+    torch.manual_seed(seed)
+    random_init = UNet3D(1, 3, base_channels=8).state_dict()
+    start = genesis_state(pretrained, random_init)
+    finetuned = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    # the output layer starts fresh (3 classes vs Genesis's 1 channel): it is the head, left out of the mean
+    return transferability(random_init, start, finetuned, layer_groups(UNet3D(1, 3, base_channels=8)),
+                           exclude=("Out",))
+
+
+def add_missing_transferability(runs: Path, out: Path, pretrained: Path) -> None:
+    """Give the runs of :data:`TRANSFERABILITY_OF` recorded before they kept T (older studies) their T, from the
+    best model in their folder; records whose folder has no model are left as they are."""
+    records = [json.loads(line) for line in runs.read_text().splitlines()] if runs.exists() else []
+    missing = [r for r in records if r["strategy"] in TRANSFERABILITY_OF and "transferability" not in r
+               and (out / f"{r['strategy']}_seed{r['seed']}" / "model.pt").is_file()]
+    for r in missing:
+        r["transferability"] = group_transferability(out / f"{r['strategy']}_seed{r['seed']}", r["seed"], pretrained)
+    if missing:
+        with atomic_path(runs) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -146,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     write_demo_lits(data, num_cases=4, gap=4)
     split = out / "split.json"  # written by the first run (bundle seed 0's split), then shared by all
     runs = out / "runs.jsonl"
+    add_missing_transferability(runs, out, Path(args.pretrained))
     for seed in args.seeds:
         for strategy in args.strategies:
             if args.equal_time and strategy == "metalr":

@@ -143,15 +143,17 @@ def budget_summaries(runs: Sequence[Mapping[str, Any]],
     return "".join(text)
 
 
-def rank_correlations(meta: Sequence[Mapping[str, Any]]) -> str:
+def rank_correlations(meta: Sequence[Mapping[str, Any]], t_of: Mapping[int, Mapping[str, float]] | None = None) -> str:
     """Spearman(mean learned LR, T) per seed, over all groups and without the head (a freshly initialised layer:
     its T compares two random draws, and in the 2D study its LR starts 10x higher, so it alone can drive the
-    correlation)."""
-    full = [r["lr_vs_t"]["spearman"] for r in meta]
-    body = []
+    correlation). T is that of MetaLR's own run, or ``t_of[seed]`` (another run's T per group, same seed)."""
+    full, body = [], []
     for r in meta:
-        keep = [i for i, g in enumerate(r["lr_vs_t"]["groups"]) if g not in HEADS]
-        body.append(spearman([r["lr_vs_t"]["mean_lr"][i] for i in keep], [r["lr_vs_t"]["transferability"][i] for i in keep]))
+        groups, lrs = r["lr_vs_t"]["groups"], r["lr_vs_t"]["mean_lr"]
+        ts = r["lr_vs_t"]["transferability"] if t_of is None else [t_of[r["seed"]][g] for g in groups]
+        keep = [i for i, g in enumerate(groups) if g not in HEADS]
+        full.append(spearman(lrs, ts))
+        body.append(spearman([lrs[i] for i in keep], [ts[i] for i in keep]))
     return (f"Spearman(mean learned LR, T) per seed, all groups: {', '.join(f'{x:.2f}' for x in full)} "
             f"(mean {statistics.fmean(full):.2f}); without the head: {', '.join(f'{x:.2f}' for x in body)} "
             f"(mean {statistics.fmean(body):.2f})")
@@ -235,9 +237,19 @@ def seg3d_report(folder: Path, out: Path) -> tuple[str, dict]:
     if meta:
         rhos = [r["lr_vs_t"]["spearman"] for r in meta]
         groups = meta[0]["lr_vs_t"]["groups"]
-        text.append(f"\n{rank_correlations(meta)}\n\n")
-        text.append(table(["group", "T", "mean LR"], [
+        text.append(f"\n{rank_correlations(meta)}\n")
+        # MetaLR's own T is shaped by its LRs (a group whose LR rose moves further, so its T falls): T of the run
+        # with one LR everywhere, same seed, is the measure they did not shape
+        one_lr = {r["seed"]: r["transferability"] for r in runs if r["strategy"] == "all_layers" and "transferability" in r}
+        paired_meta = [r for r in meta if r["seed"] in one_lr]
+        if paired_meta:
+            text.append(f"\nAgainst T of `all_layers` (one LR everywhere, same seed; {len(paired_meta)} seeds): "
+                        f"{rank_correlations(paired_meta, one_lr)}\n")
+        text.append("\n")
+        header = ["group", "T", *(["T (all_layers)"] if paired_meta else []), "mean LR"]
+        text.append(table(header, [
             [g, f"{statistics.fmean(r['transferability'][g] for r in meta):.2f}",
+             *([f"{statistics.fmean(one_lr[r['seed']][g] for r in paired_meta):.2f}"] if paired_meta else []),
              f"{statistics.fmean(r['lr_vs_t']['mean_lr'][i] for r in meta):.2e}"] for i, g in enumerate(groups)]))
         summary["spearman"] = rhos
         history, names = mean_lr_history([folder / f"metalr_seed{r['seed']}" for r in meta])

@@ -189,21 +189,31 @@ def test_genesis_pretraining_then_bundle_fine_tuning(tmp_path):
     assert not torch.equal(saved["down_tr64.ops.0.conv1.weight"], fresh["down_tr64.ops.0.conv1.weight"])
 
     # equal compute: the baseline's standard run, then its run for MetaLR's CPU time on that seed
-    base = ["--pretrained", str(weights), "--out", str(tmp_path / "seg"), "--strategies", "metalr", "last_layer",
+    base = ["--pretrained", str(weights), "--out", str(tmp_path / "seg"), "--strategies", "metalr", "all_layers",
             "--seeds", "0", "--epochs", "1", "--iterations_per_epoch", "1"]
     liver_seg_3d.main(base)
     liver_seg_3d.main([*base, "--equal_time"])
     records = {r["strategy"]: r for r in map(json.loads, runs.read_text().splitlines())}
-    assert set(records) == {"metalr", "last_layer", "last_layer=time"}  # MetaLR has no equal-time run
-    metalr, last = records["metalr"], records["last_layer"]
+    assert set(records) == {"metalr", "all_layers", "all_layers=time"}  # MetaLR has no equal-time run
+    metalr, last = records["metalr"], records["all_layers"]
     # the bundle's own process did the training: its CPU time is positive and, on one thread, near its wall time
     assert 0 < metalr["train_cpu_seconds"] <= 2 * metalr["train_seconds"] + 1
-    assert records["last_layer=time"]["epochs"] == max(1, round(metalr["train_cpu_seconds"] / last["train_cpu_seconds"]))
-    assert (tmp_path / "seg" / "last_layer=time_seed0" / "metrics.csv").is_file()
+    assert records["all_layers=time"]["epochs"] == max(1, round(metalr["train_cpu_seconds"] / last["train_cpu_seconds"]))
+    assert (tmp_path / "seg" / "all_layers=time_seed0" / "metrics.csv").is_file()
     with pytest.raises(LookupError, match="standard metalr run of seed 3"):
-        liver_seg_3d.equal_time_epochs(list(records.values()), "last_layer", 3, 1)
+        liver_seg_3d.equal_time_epochs(list(records.values()), "all_layers", 3, 1)
+    # one LR everywhere keeps its T too (the measure MetaLR's LRs did not shape); a record from before that field
+    # gets it back from the model in its folder when the study runs again
+    kept = last["transferability"]
+    assert set(kept) == set(metalr["transferability"]) and kept != metalr["transferability"]
+    assert "transferability" not in records["all_layers=time"]
+    runs.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "transferability" or r is not last}) + "\n"
+                            for r in records.values()))
+    liver_seg_3d.main(base)  # every run is done: only the missing T is filled in
+    assert [json.loads(line) for line in runs.read_text().splitlines()] == list(records.values())
     text = report.main(["--seg3d", str(tmp_path / "seg"), "--out", str(tmp_path / "report")]).read_text()
-    assert "| last_layer=time | 1 |" in text and "Summary at equal compute" in text
+    assert "| all_layers=time | 1 |" in text and "Summary at equal compute" in text
+    assert "Against T of `all_layers` (one LR everywhere, same seed; 1 seeds)" in text
     assert (tmp_path / "report" / "seg3d_lr_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
