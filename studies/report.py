@@ -167,6 +167,22 @@ def mean_lr_history(run_dirs: Sequence[Path]) -> tuple[dict[str, torch.Tensor], 
     return {"step": histories[0][0]["step"][:n], "lr": torch.stack([h["lr"][:n] for h, _ in histories]).mean(0)}, names
 
 
+def learned_lr_section(run_dirs: Sequence[Path], figure: Path, task: str) -> str:
+    """MetaLR's LR curves (mean over the runs) drawn to ``figure``, and the table of each group's LR at the first and
+    last step. Runs whose folder no longer holds ``metalr_lr.csv`` (a study resumed from its records alone) are left
+    out, and the text says how many."""
+    kept = [d for d in run_dirs if (d / "metalr_lr.csv").is_file()]
+    gone = len(run_dirs) - len(kept)
+    if not kept:
+        return f"\nLearned LR curves: none of the {gone} MetaLR run folders holds metalr_lr.csv (figure not drawn).\n"
+    history, names = mean_lr_history(kept)
+    plot_lr_curves(history, names, figure, title=f"MetaLR learned LRs, {task} (mean of {len(kept)} seeds)")
+    first, last = history["lr"][0], history["lr"][-1]
+    note = f"; {gone} run folders without metalr_lr.csv left out" if gone else ""
+    return (f"\nLearned LR, step 1 -> step {int(history['step'][-1])} (mean over {len(kept)} seeds{note}):\n\n"
+            + table(["group", "step 1", "last"], [[g, f"{first[i]:.2e}", f"{last[i]:.2e}"] for i, g in enumerate(names)]))
+
+
 def tiles_report(folder: Path, out: Path) -> tuple[str, dict]:
     runs = read_runs(folder / "runs.jsonl")
     full = max(r["n_train"] for r in runs)
@@ -197,13 +213,8 @@ def tiles_report(folder: Path, out: Path) -> tuple[str, dict]:
         summary["transferability"] = {"t": t_mean, "mean_lr": lr_mean, "spearman": rhos}
         plot_transferability({**t_mean, "mean": statistics.fmean(r["transferability"]["mean"] for r in meta)},
                              out / "tiles_transferability.png", mean_lrs=lr_mean)
-        dirs = [folder / f"n{full}" / f"metalr_seed{r['seed']}" for r in meta]
-        history, names = mean_lr_history(dirs)
-        plot_lr_curves(history, names, out / "tiles_lr_curves.png",
-                       title=f"MetaLR learned LRs, EfficientNet-Lite0 on CT tiles (mean of {len(dirs)} seeds)")
-        first, last = history["lr"][0], history["lr"][-1]
-        text.append(f"\nLearned LR, step 1 -> step {int(history['step'][-1])} (mean over seeds):\n\n")
-        text.append(table(["group", "step 1", "last"], [[g, f"{first[i]:.2e}", f"{last[i]:.2e}"] for i, g in enumerate(names)]))
+        text.append(learned_lr_section([folder / f"n{full}" / f"metalr_seed{r['seed']}" for r in meta],
+                                       out / "tiles_lr_curves.png", "EfficientNet-Lite0 on CT tiles"))
 
     sizes = sorted({r["n_train"] for r in runs})
     if len(sizes) > 1:
@@ -252,12 +263,8 @@ def seg3d_report(folder: Path, out: Path) -> tuple[str, dict]:
              *([f"{statistics.fmean(one_lr[r['seed']][g] for r in paired_meta):.2f}"] if paired_meta else []),
              f"{statistics.fmean(r['lr_vs_t']['mean_lr'][i] for r in meta):.2e}"] for i, g in enumerate(groups)]))
         summary["spearman"] = rhos
-        history, names = mean_lr_history([folder / f"metalr_seed{r['seed']}" for r in meta])
-        plot_lr_curves(history, names, out / "seg3d_lr_curves.png",
-                       title=f"MetaLR learned LRs, 3D U-Net from Genesis weights (mean of {len(meta)} seeds)")
-        first, last = history["lr"][0], history["lr"][-1]
-        text.append(f"\nLearned LR, step 1 -> step {int(history['step'][-1])} (mean over seeds):\n\n")
-        text.append(table(["group", "step 1", "last"], [[g, f"{first[i]:.2e}", f"{last[i]:.2e}"] for i, g in enumerate(names)]))
+        text.append(learned_lr_section([folder / f"metalr_seed{r['seed']}" for r in meta], out / "seg3d_lr_curves.png",
+                                       "3D U-Net from Genesis weights"))
     return "".join(text), summary
 
 

@@ -214,6 +214,12 @@ def test_genesis_pretraining_then_bundle_fine_tuning(tmp_path):
     text = report.main(["--seg3d", str(tmp_path / "seg"), "--out", str(tmp_path / "report")]).read_text()
     assert "| all_layers=time | 1 |" in text and "Summary at equal compute" in text
     assert "Against T of `all_layers` (one LR everywhere, same seed; 1 seeds)" in text
+    assert "(mean over 1 seeds):" in text
+    # a study resumed from its records alone: the tables still come out, the curves are said to be missing
+    (tmp_path / "seg" / "metalr_seed0" / "metalr_lr.csv").unlink()
+    text = report.main(["--seg3d", str(tmp_path / "seg"), "--out", str(tmp_path / "report2")]).read_text()
+    assert "none of the 1 MetaLR run folders holds metalr_lr.csv (figure not drawn)" in text
+    assert "Summary at equal compute" in text and not (tmp_path / "report2" / "seg3d_lr_curves.png").exists()
     assert (tmp_path / "report" / "seg3d_lr_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
