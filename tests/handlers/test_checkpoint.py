@@ -182,11 +182,19 @@ def test_bundle_killed_mid_epoch_resumes_with_the_same_state(tmp_path):
     at_kill = read_checkpoint(latest)
     killed_at = int(at_kill["trainer"]["iteration"])
     assert killed_at % EPOCH_LENGTH, f"the kill should land mid-epoch, the checkpoint is at iteration {killed_at}"
-    assert not list(out.glob(".checkpoint_latest.pt.*"))  # or at worst a temporary that the resume removes
+    # a kill during a save leaves that save's temporary (SIGKILL runs no cleanup); the resume must remove it
+    left_by_kill = list(out.glob(".checkpoint_*.tmp*"))
+    if not left_by_kill:  # the kill fell between saves: leave what a kill inside torch.save would have left
+        left_by_kill = [out / ".checkpoint_latest.pt.k3j_x9qa.tmp.pt"]
+        left_by_kill[0].write_bytes(latest.read_bytes()[:100])
 
     resumed = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert not any(path.exists() for path in left_by_kill)
+    assert not list(out.glob(".checkpoint_*.tmp*"))
     log = resumed.stdout + resumed.stderr
+    for path in left_by_kill:
+        assert f"removed {path}" in log
     assert f"resumed from {latest} at epoch {killed_at // EPOCH_LENGTH}, iteration {killed_at}" in log
 
     final = read_checkpoint(out / "checkpoint_final.pt")
