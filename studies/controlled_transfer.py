@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--out", default="study_output/transfer")
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
     parser.add_argument("--source_epochs", type=int, default=20,
                         help="epochs of the source model's fine-tuning (default: study (a)'s schedule)")
     args = parser.parse_args(argv)

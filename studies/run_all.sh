@@ -26,7 +26,7 @@ transfer_and_3d() {
     # (d) the chest X-ray bundle end to end on 16 real Kermany X-rays (the files read, train and evaluate)
     $PY studies/kermany_bundle.py --out "$OUT/kermany"
     # (c) controlled transfer: one source model, targets that change only the appearance or only the labels
-    $PY studies/controlled_transfer.py --out "$OUT/transfer" --threads 1 --epochs 10 --seeds 0 1 2
+    $PY studies/controlled_transfer.py --out "$OUT/transfer" --threads 1 --epochs 10 --seeds 0 1 2 3 4 5 6 7 8 9
     # (b) 3D: Models-Genesis-style pre-training on the head CT of invesalius-examples, then liver segmentation
     if [ ! -f "$OUT/invesalius/usr/share/doc/invesalius-examples/examples/Cranium.inv3" ]; then
         (mkdir -p "$OUT/invesalius" && cd "$OUT/invesalius" && apt-get download invesalius-examples \
@@ -38,7 +38,7 @@ transfer_and_3d() {
     $PY studies/liver_seg_3d.py --pretrained "$OUT/genesis/genesis_unet3d.pt" --out "$OUT/seg3d" --threads 1 \
         --equal_time  # every baseline again with MetaLR's training time
     # (e) real medical pre-training in 3D: deepbet's brain-extraction U-Net on Colin27's hemispheres (MRI)
-    $PY studies/brain_mri_3d.py --out "$OUT/brain3d" --threads 1
+    $PY studies/brain_mri_3d.py --out "$OUT/brain3d" --threads 1 --strategies metalr all_layers  # 160 steps x 5 seeds
 }
 
 two_d > "$OUT/two_d.log" 2>&1 &

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import controlled_transfer as transfer
 import equal_compute
@@ -370,15 +371,20 @@ def test_brain_study_end_to_end_from_random_init(tmp_path):
     assert names == ("background", "left_cerebrum", "right_cerebrum", "cerebellum")
     assert set(labels.unique().tolist()) == {0, 1, 2, 3}
     out = tmp_path / "brain"
-    args = ["--out", str(out), "--mricron", str(mricron), "--deepbet", str(tmp_path / "none"), "--inits", "random",
-            "--strategies", "metalr", "last_layer", "--seeds", "0", "--steps", "2", "--threads", "1"]
-    runs = brain.main(args)
+    base = ["--out", str(out), "--mricron", str(mricron), "--deepbet", str(tmp_path / "none"), "--inits", "random",
+            "--threads", "1"]
+    runs = brain.main(base + ["--strategies", "metalr", "last_layer", "--seeds", "0", "--steps", "2"])
     records = [json.loads(line) for line in runs.read_text().splitlines()]
     assert sorted(r["strategy"] for r in records) == ["last_layer", "metalr"]
     for r in records:
         assert set(r["test_dice"]) == {"left_cerebrum", "right_cerebrum", "cerebellum"}
         assert 0 <= r["test_mean_dice"] <= 1
     assert (out / "random" / "metalr_seed0" / "metalr_lr.csv").is_file()
+    resumed = brain.main(base + ["--strategies", "last_layer", "--seeds", "0", "1", "--steps", "2"])
+    added = [(r["strategy"], r["seed"]) for r in map(json.loads, resumed.read_text().splitlines())][2:]
+    assert added == [("last_layer", 1)]  # seed 0's runs were kept, not redone
+    with pytest.raises(ValueError, match=r"runs\.jsonl: holds runs of \[2\] steps, not --steps 3"):
+        brain.main(base + ["--strategies", "last_layer", "--seeds", "1", "--steps", "3"])
     text = report.main(["--brain3d", str(out), "--out", str(tmp_path / "report")]).read_text()
     assert "| random | metalr | 1 |" in text and "no baseline shares two seeds" in text
 
